@@ -1,0 +1,197 @@
+"""The ``onnx-compress`` command: flags -> Recipe -> compress_file -> summary."""
+
+from __future__ import annotations
+
+__all__ = ["build_recipe", "main"]
+
+import argparse
+import dataclasses
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from onnx_compress.errors import OnnxCompressError, OutputPathError, RecipeError
+from onnx_compress.recipe import (
+    DEFAULT_RECIPE,
+    AccuracyLevel,
+    QuantizeWeights,
+    Recipe,
+    Verify,
+    WeightFormat,
+    WeightScheme,
+)
+
+logger = logging.getLogger("onnx_compress")
+
+EPILOG = """\
+examples:
+  onnx-compress model.onnx model-int8.onnx
+      the default recipe: INT8 per-channel weights as DequantizeLinear -> MatMul (runs on any
+      ONNX Runtime, and TensorRT), lm_head kept float, output verified against the input
+  onnx-compress model.onnx out.onnx --quantize int8 --block-size 32
+      one scale per 32 weights along K (lower error, needs opset 21: upgraded if older)
+  onnx-compress model.onnx out.onnx --format matmulnbits --accuracy-level 4
+      ORT's fused com.microsoft.MatMulNBits kernel (bits=8)
+  onnx-compress model.onnx out.onnx --exclude 'lm_head|embed' --report report.json
+  onnx-compress --print-recipe --block-size 64 > recipe.toml
+  onnx-compress model.onnx out.onnx --recipe recipe.toml
+
+exit codes: 0 ok, 1 internal error, 2 bad options or recipe, 3 unreadable input model,
+  4 unsupported model, 5 unusable output path, 6 verification failed, 7 bad input data.
+  On any error nothing is written and the input is untouched.
+"""
+
+# Flags that describe the quantize step; they cannot be combined with --recipe.
+_STEP_FLAGS = ("quantize", "format", "block_size", "exclude", "min_dim", "accuracy_level")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("onnx-compress")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onnx-compress",
+        description="Compress an ONNX transformer model for ONNX Runtime and TensorRT "
+        "(weight quantization; more passes to come), verify it, and write it atomically.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", nargs="?", help="input .onnx model (external data next to it is found)")
+    p.add_argument("output", nargs="?", help="output .onnx path (must differ from the input)")
+    q = p.add_argument_group("quantization")
+    q.add_argument("--quantize", choices=[s.value for s in WeightScheme], default=None,
+                   help="weight number format (default: int8)")
+    q.add_argument("--format", choices=[f.value for f in WeightFormat], default=None,
+                   help="graph form: qdq = DequantizeLinear->MatMul (default, portable); "
+                   "matmulnbits = com.microsoft.MatMulNBits (ORT)")
+    q.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="0 = one scale per output channel (default); else a power of two >= 16: "
+                   "one scale per N weights along K")
+    q.add_argument("--exclude", action="append", default=None, metavar="REGEX",
+                   help="keep layers whose name matches float (repeatable; default: lm_head; "
+                   "--exclude '' keeps nothing float)")
+    q.add_argument("--min-dim", type=int, default=None, metavar="N",
+                   help="keep layers with K or N below N float (default: 16)")
+    q.add_argument("--accuracy-level", type=int, choices=[int(a) for a in AccuracyLevel], default=None,
+                   help="MatMulNBits accuracy_level (default 4: int8 activations, ORT CPU's fast path)")
+    r = p.add_argument_group("recipe")
+    r.add_argument("--recipe", type=Path, metavar="TOML", help="read the steps from a recipe file")
+    r.add_argument("--print-recipe", action="store_true", help="print the effective recipe as TOML and exit")
+    v = p.add_argument_group("verification and output")
+    v.add_argument("--no-verify", action="store_true",
+                   help="skip the checker, ORT load and output-parity checks")
+    v.add_argument("--verify-tolerance", type=float, default=None, metavar="X",
+                   help="max relative L2 error of each output vs the input model (default per scheme)")
+    v.add_argument("--report", type=Path, metavar="JSON", help="write the full report as JSON")
+    ext = v.add_mutually_exclusive_group()
+    ext.add_argument("--external-data", dest="external_data", action="store_true", default=None,
+                     help="always write weights to <output>.data")
+    ext.add_argument("--no-external-data", dest="external_data", action="store_false",
+                     help="write a single .onnx file (fails above 2 GB)")
+    o = p.add_argument_group("output")
+    o.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    o.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    o.add_argument("--version", action="version", version=f"onnx-compress {_version()}")
+    return p
+
+
+def build_recipe(args: argparse.Namespace) -> Recipe:
+    """Turn parsed flags into a Recipe (the CLI's only job besides I/O)."""
+    given = {name: getattr(args, name) for name in _STEP_FLAGS if getattr(args, name) is not None}
+    if args.recipe is not None:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise RecipeError(f"{flags} cannot be combined with --recipe; put them in the recipe file")
+        recipe = Recipe.load(args.recipe)
+    else:
+        fields: dict[str, Any] = {}
+        if "quantize" in given:
+            fields["scheme"] = WeightScheme(given["quantize"])
+        if "format" in given:
+            fields["format"] = WeightFormat(given["format"])
+        if "block_size" in given:
+            fields["block_size"] = given["block_size"]
+        if "exclude" in given:
+            fields["exclude"] = tuple(p for p in given["exclude"] if p)
+        if "min_dim" in given:
+            fields["min_dim"] = given["min_dim"]
+        if "accuracy_level" in given:
+            fields["accuracy_level"] = AccuracyLevel(given["accuracy_level"])
+        recipe = dataclasses.replace(DEFAULT_RECIPE, steps=(QuantizeWeights(**fields),))
+    verify: Verify = recipe.verify
+    if args.no_verify:
+        verify = dataclasses.replace(verify, enabled=False)
+    if args.verify_tolerance is not None:
+        verify = dataclasses.replace(verify, tolerance=args.verify_tolerance)
+    return dataclasses.replace(recipe, verify=verify)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnx-compress: %(levelname)s: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _progress(quiet: bool) -> Any:
+    if quiet or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency; this only guards odd environments
+        return None
+    return lambda it, **kw: tqdm(it, file=sys.stderr, leave=False, **kw)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        recipe = build_recipe(args)
+        if args.print_recipe:
+            sys.stdout.write(recipe.to_toml())
+            return 0
+        if args.input is None or args.output is None:
+            parser.error("give an input and an output model path (or --print-recipe)")
+        from onnx_compress.api import compress_file  # heavy imports only when there is work
+
+        report = compress_file(args.input, args.output, recipe, progress=_progress(args.quiet),
+                               external_data=args.external_data)
+        if args.report is not None:
+            try:
+                args.report.write_text(report.to_json() + "\n", encoding="utf-8")
+            except OSError as e:
+                raise OutputPathError(f"cannot write report '{args.report}': {e.strerror or e}") from e
+        if not args.quiet:
+            print(report.format_table())
+            print(f"wrote {args.output}")
+        return 0
+    except OnnxCompressError as e:
+        logger.error("%s", e)
+        if args.verbose:
+            traceback.print_exc()
+        return e.exit_code
+    except KeyboardInterrupt:
+        logger.error("interrupted; nothing was written")
+        return 130
+    except Exception as e:  # a bug: one line by default, the traceback with -v
+        logger.error("internal error: %s: %s (run with -v for the traceback and please report it)",
+                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        if args.verbose:
+            traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""INT8 symmetric weight quantization: the seed's formula, defined once.
+
+Definitions (all arrays are numpy; nothing here knows about ONNX graphs):
+
+* A weight ``w`` has a *reduction axis* (K, the axis summed over by the matmul that consumes
+  it) and a *channel axis* (N, the output channel). For ``MatMul(x, W)`` with ``W[K, N]``
+  the reduction axis is 0 and the channel axis 1; for ``Gemm(transB=1)`` with ``B[N, K]`` it
+  is the other way round.
+* Groups: per output channel (``block_size == 0``) one group is the whole K extent of a
+  channel; blockwise (``block_size == B > 0``) a group is ``B`` consecutive elements along K
+  of one channel (the last block of a channel may be shorter when ``K % B != 0``).
+* ``scale = max|w| / 127`` over each group, computed in float32 and then stored in the
+  scale dtype (the model's float type); ``q = round(w / scale)`` with round-half-to-even
+  (ONNX QuantizeLinear's rounding), clipped to ``[-127, 127]``, computed with the *stored*
+  scale so that ``q * scale`` is the best reconstruction the stored scale allows.
+* A group that is all zero gets ``scale = 1`` and ``q = 0`` (no division by zero; it
+  dequantizes to exact zeros). Zero stays exactly zero everywhere, which keeps 2:4 sparsity.
+* Scale layout: the scale array has the weight's shape with the reduction axis replaced by
+  ``ceil(K / B)`` (blockwise) or ``1`` (per channel). This is exactly the shape ONNX's
+  blocked ``DequantizeLinear(axis=reduction_axis, block_size=B)`` expects; a per-channel 2-D
+  weight uses ``scale.reshape(-1)`` with ``axis=channel_axis``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "QMAX",
+    "absmax",
+    "dequantize",
+    "quantize",
+    "scales_from_absmax",
+]
+
+import ml_dtypes
+import numpy as np
+import numpy.typing as npt
+
+QMAX = 127
+"""Largest magnitude of a stored value; -128 is never used, so the grid is symmetric."""
+
+
+def _grouped(w: np.ndarray, axis: int, block_size: int) -> tuple[np.ndarray, int]:
+    """View ``w`` with the reduction axis split into (groups, group_len); pads with zeros."""
+    k = w.shape[axis]
+    group = k if block_size == 0 else block_size
+    n_groups = -(-k // group)
+    pad = n_groups * group - k
+    if pad:
+        widths = [(0, 0)] * w.ndim
+        widths[axis] = (0, pad)
+        w = np.pad(w, widths)
+    shape = w.shape[:axis] + (n_groups, group) + w.shape[axis + 1 :]
+    return w.reshape(shape), pad
+
+
+def _unpad(x: np.ndarray, axis: int, k: int) -> np.ndarray:
+    return x[(slice(None),) * axis + (slice(0, k),)]
+
+
+def _check(w: np.ndarray, axis: int, block_size: int) -> int:
+    if not -w.ndim <= axis < w.ndim:
+        raise ValueError(f"axis {axis} out of range for a rank-{w.ndim} weight")
+    if block_size < 0:
+        raise ValueError(f"block_size must be 0 (per channel) or positive, got {block_size}")
+    return axis % w.ndim
+
+
+def absmax(w: npt.ArrayLike, axis: int, block_size: int = 0) -> np.ndarray:
+    """Max |w| of every group, in float32, shaped like the scale array (see module doc)."""
+    arr = np.asarray(w)
+    axis = _check(arr, axis, block_size)
+    grouped, _ = _grouped(arr, axis, block_size)
+    return np.abs(grouped).max(axis=axis + 1).astype(np.float32, copy=False)
+
+
+def scales_from_absmax(amax: np.ndarray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+    """``amax / 127`` stored in ``dtype``; zero groups get 1; never rounds a scale to zero.
+
+    A float16/bfloat16 scale that would underflow to zero is raised to the dtype's smallest
+    positive normal value: such a group dequantizes with a (tiny) absolute error instead of
+    producing inf/nan.
+    """
+    scale = np.asarray(amax, dtype=np.float32) / np.float32(QMAX)
+    scale = np.where(amax > 0, scale, np.float32(1.0))
+    stored = scale.astype(dtype)
+    tiny = np.asarray(ml_dtypes.finfo(stored.dtype).tiny, dtype=stored.dtype)
+    return np.where(stored.astype(np.float32) > 0, stored, tiny)
+
+
+def quantize(
+    w: npt.ArrayLike, scales: np.ndarray, axis: int, block_size: int = 0
+) -> np.ndarray:
+    """``clip(round(w / scale), -127, 127)`` as int8, with ``scales`` from :func:`scales_from_absmax`."""
+    arr = np.asarray(w)
+    axis = _check(arr, axis, block_size)
+    grouped, pad = _grouped(arr.astype(np.float32, copy=False), axis, block_size)
+    s = np.expand_dims(np.asarray(scales).astype(np.float32), axis + 1)
+    q = np.rint(grouped / s)
+    np.clip(q, -QMAX, QMAX, out=q)
+    q = q.astype(np.int8).reshape(grouped.shape[:axis] + (-1,) + grouped.shape[axis + 2 :])
+    return _unpad(q, axis, arr.shape[axis]) if pad else q
+
+
+def dequantize(
+    q: np.ndarray, scales: np.ndarray, axis: int, block_size: int = 0, dtype: npt.DTypeLike = np.float32
+) -> np.ndarray:
+    """``q * scale`` computed in float32 and returned in ``dtype`` (DequantizeLinear's math)."""
+    axis = _check(q, axis, block_size)
+    grouped, pad = _grouped(q.astype(np.float32), axis, block_size)
+    w = grouped * np.expand_dims(np.asarray(scales).astype(np.float32), axis + 1)
+    w = w.reshape(grouped.shape[:axis] + (-1,) + grouped.shape[axis + 2 :])
+    return (_unpad(w, axis, q.shape[axis]) if pad else w).astype(dtype)

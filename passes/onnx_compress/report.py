@@ -1,0 +1,157 @@
+"""What a compression run did, per layer and in total.
+
+Passes record one :class:`LayerRecord` per weight they looked at into the model's in-memory
+metadata (``model.meta``, never serialized) with :func:`add_records`; :func:`build_report`
+derives the report from those records and from the models before and after (sizes).
+"""
+
+from __future__ import annotations
+
+__all__ = ["LayerRecord", "Report", "add_records", "build_report", "records"]
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import onnx_ir as ir
+
+_META_KEY = "onnx_compress.layers"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRecord:
+    """One weight: quantized (``reason`` None) or left float (``reason`` says why).
+
+    ``rel_error`` is ``||dW||_F / ||W||_F``, the expected relative error of the layer's output
+    ``x @ W`` for inputs with independent, equal-variance entries (E||x dW||^2 = s^2 ||dW||_F^2).
+    """
+
+    name: str
+    weight: str
+    shape: tuple[int, ...]
+    dtype: str
+    scheme: str
+    format: str
+    bytes_before: int
+    bytes_after: int
+    rel_error: float | None = None
+    consumers: int = 1
+    reason: str | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.reason is None
+
+
+def records(model: ir.Model) -> tuple[LayerRecord, ...]:
+    return tuple(model.meta.get(_META_KEY, ()))
+
+
+def add_records(model: ir.Model, new: Iterable[LayerRecord]) -> None:
+    model.meta[_META_KEY] = records(model) + tuple(new)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The summary of one run (also written as ``--report`` JSON)."""
+
+    layers: tuple[LayerRecord, ...]
+    model_bytes_before: int
+    model_bytes_after: int
+    seconds: float
+    recipe_toml: str
+    verification: dict[str, Any] | None = None
+    input_path: str | None = None
+    output_path: str | None = None
+
+    @property
+    def quantized(self) -> tuple[LayerRecord, ...]:
+        return tuple(r for r in self.layers if r.quantized)
+
+    @property
+    def skipped(self) -> tuple[LayerRecord, ...]:
+        return tuple(r for r in self.layers if not r.quantized)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.model_bytes_before / self.model_bytes_after if self.model_bytes_after else float("inf")
+
+    def with_verification(self, verification: dict[str, Any]) -> Report:
+        return dataclasses.replace(self, verification=verification)
+
+    def to_dict(self) -> dict[str, Any]:
+        q = self.quantized
+        errors = [r.rel_error for r in q if r.rel_error is not None]
+        return {
+            "input": self.input_path,
+            "output": self.output_path,
+            "recipe": self.recipe_toml,
+            "layers": [dataclasses.asdict(r) | {"quantized": r.quantized} for r in self.layers],
+            "totals": {
+                "layers_quantized": len(q),
+                "layers_skipped": len(self.skipped),
+                "model_bytes_before": self.model_bytes_before,
+                "model_bytes_after": self.model_bytes_after,
+                "size_ratio": self.size_ratio,
+                "quantized_bytes_before": sum(r.bytes_before for r in q),
+                "quantized_bytes_after": sum(r.bytes_after for r in q),
+                "max_layer_rel_error": max(errors) if errors else None,
+                "mean_layer_rel_error": sum(errors) / len(errors) if errors else None,
+                "seconds": self.seconds,
+            },
+            "verification": self.verification,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def format_table(self, max_rows: int | None = None) -> str:
+        """The per-layer table and totals, for a terminal."""
+        rows = [("layer", "shape", "scheme", "before", "after", "rel.err")]
+        shown = self.layers if max_rows is None else self.layers[:max_rows]
+        for r in shown:
+            err = f"{100 * r.rel_error:.3f}%" if r.rel_error is not None else "-"
+            scheme = f"{r.scheme} {r.format}" if r.quantized else f"float ({r.reason})"
+            rows.append((r.name, "x".join(map(str, r.shape)), scheme, _bytes(r.bytes_before),
+                         _bytes(r.bytes_after), err))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        lines = []
+        for row in rows:
+            cells = [c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            # Put the (possibly long) scheme column last so reasons never misalign the numbers.
+            lines.append("  ".join([cells[0], cells[1], cells[3], cells[4], row[5].rjust(8), row[2]]).rstrip())
+        if max_rows is not None and len(self.layers) > max_rows:
+            lines.append(f"... {len(self.layers) - max_rows} more layers (see --report)")
+        lines.append(self.format_totals())
+        return "\n".join(lines)
+
+    def format_totals(self) -> str:
+        q = self.quantized
+        errors = [r.rel_error for r in q if r.rel_error is not None]
+        parts = [
+            f"quantized {len(q)} layers, {len(self.skipped)} left float",
+            f"model {_bytes(self.model_bytes_before)} -> {_bytes(self.model_bytes_after)} "
+            f"({self.size_ratio:.2f}x smaller)",
+        ]
+        if errors:
+            parts.append(f"layer error mean {100 * sum(errors) / len(errors):.3f}% max {100 * max(errors):.3f}%")
+        parts.append(f"{self.seconds:.1f} s")
+        text = "total: " + "; ".join(parts)
+        if self.verification is not None:
+            text += "\nverification: " + self.verification.get("summary", "")
+        return text
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def build_report(before_bytes: int, after: ir.Model, after_bytes: int, seconds: float, recipe_toml: str,
+                 input_path: str | None = None, output_path: str | None = None) -> Report:
+    return Report(layers=records(after), model_bytes_before=before_bytes, model_bytes_after=after_bytes,
+                  seconds=seconds, recipe_toml=recipe_toml, input_path=input_path, output_path=output_path)
