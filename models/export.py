@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 EXPORTERS = ("dynamo", "torchscript")
 SEED = 0
 
@@ -122,7 +122,7 @@ def _load_smollm2(overrides: dict[str, Any]) -> Any:
     cfg = transformers.LlamaConfig(**{k: v for k, v in cfg_dict.items() if k not in ("architectures",)})
     model = transformers.LlamaForCausalLM(cfg)
     state = loaded.state_dict()
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, _unexpected = model.load_state_dict(state, strict=False)
     # Dropping layers (the -l4 variant) leaves their weights unexpected; nothing may be missing
     # except the tied lm_head, which the state dict carries under either name.
     missing = [m for m in missing if m != "lm_head.weight"]
@@ -134,29 +134,26 @@ def _load_smollm2(overrides: dict[str, Any]) -> Any:
 
 
 def _wrapper(spec: Spec, model: Any) -> tuple[Any, tuple[str, ...], str]:
-    import torch
+    """Give the model a forward with plain tensor inputs and one output.
 
+    The model's class is swapped for a subclass (rather than wrapping it in another module) so
+    that module paths in the export stay those of transformers (``model.layers.0.mlp.up_proj``,
+    ``lm_head``), as users' exports have them.
+    """
+    base = type(model)
     if spec.family == "bert":
-        class Encoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
+        def encoder_forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            return base.forward(self, input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids).last_hidden_state
 
-            def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-                return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
+        model.__class__ = type(base.__name__, (base,), {"forward": encoder_forward})
+        return model, ("input_ids", "attention_mask", "token_type_ids"), "last_hidden_state"
 
-        return Encoder(), ("input_ids", "attention_mask", "token_type_ids"), "last_hidden_state"
+    def decoder_forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
+        return base.forward(self, input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    class Decoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    return Decoder(), ("input_ids", "attention_mask"), "logits"
+    model.__class__ = type(base.__name__, (base,), {"forward": decoder_forward})
+    return model, ("input_ids", "attention_mask"), "logits"
 
 
 def export(name: str, exporter: str = "dynamo", cache_dir: Path = CACHE_DIR) -> Path:
@@ -169,10 +166,13 @@ def export(name: str, exporter: str = "dynamo", cache_dir: Path = CACHE_DIR) -> 
     if path.exists():
         return path
     import torch
+    import transformers
 
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" chatter
+    transformers.utils.logging.disable_progress_bar()
     spec = SPECS[name]
     module, input_names, output_name = _wrapper(spec, _build_module(spec))
-    vocab = 1000 if spec.real is None else module.model.config.vocab_size
+    vocab = module.config.vocab_size
     batch, seq = 2, 16
     gen = torch.Generator().manual_seed(SEED)
     example = [torch.randint(0, vocab, (batch, seq), generator=gen), torch.ones(batch, seq, dtype=torch.int64)]

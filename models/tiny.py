@@ -33,7 +33,8 @@ def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outpu
 
 
 def matmul(k: int = 64, n: int = 48, *, dtype: str = "float32", batch_dims: Sequence[int] = (),
-           constant_left: bool = False, opset: int = 21, seed: int = 0, as_constant_node: bool = False) -> onnx.ModelProto:
+           constant_left: bool = False, opset: int = 21, seed: int = 0,
+           as_constant_node: bool = False) -> onnx.ModelProto:
     """``y = x @ W`` (W [*batch_dims, K, N]) or ``y = W @ x`` (W [M=n, K], constant on the left)."""
     elem, _ = DTYPES[dtype]
     if constant_left:
@@ -54,7 +55,8 @@ def matmul(k: int = 64, n: int = 48, *, dtype: str = "float32", batch_dims: Sequ
 
 
 def gemm(k: int = 64, n: int = 48, *, trans_b: int = 1, bias: str | None = "vector", alpha: float = 1.0,
-         beta: float = 1.0, trans_a: int = 0, dtype: str = "float32", opset: int = 21, seed: int = 0) -> onnx.ModelProto:
+         beta: float = 1.0, trans_a: int = 0, dtype: str = "float32", opset: int = 21,
+         seed: int = 0) -> onnx.ModelProto:
     """``y = alpha * x @ op(B) + beta * C``; bias "vector" ([N], constant), "matrix" ([M, N] input), None."""
     elem, _ = DTYPES[dtype]
     b = weight((n, k) if trans_b else (k, n), seed, dtype)
@@ -92,7 +94,7 @@ def mlp(dims: Sequence[int] = (64, 128, 64), *, names: Sequence[str] | None = No
     names = list(names or [f"layers.{i}.weight" for i in range(len(dims) - 1)])
     nodes, inits, prev = [], [], "x"
     last = len(dims) - 2
-    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         out = "y" if i == last else f"m{i}"
         nodes.append(helper.make_node("MatMul", [prev, names[i]], [out], name=f"/{names[i]}/MatMul"))
         inits.append(numpy_helper.from_array(weight((k, n), i, dtype), names[i]))

@@ -110,6 +110,8 @@ def compress_file(
     model = model_io.load(input_path)
     out = model_io.check_output_path(output_path, input_path, model)
     before_bytes = model_io.model_nbytes(model)
+    if external_data is None and model_io.external_data_paths(model):
+        external_data = True  # keep the input's layout; otherwise decided by size when saving
     _run_passes(model, recipe, progress)
     after_bytes = model_io.model_nbytes(model)
     verification = None

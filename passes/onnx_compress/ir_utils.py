@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NameScope", "dtype_name", "ensure_opset", "first_consumer", "remove_if_unused"]
+__all__ = ["NameScope", "dtype_name", "ensure_opset", "first_consumer", "remove_if_unused", "tensor_shape"]
 
 import logging
 
@@ -13,6 +13,11 @@ import onnx_ir as ir
 from onnx_compress.errors import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
+
+
+def tensor_shape(tensor: ir.TensorProtocol) -> tuple[int, ...]:
+    """The static shape of a tensor (tensors always have one) as ints."""
+    return tuple(int(d) for d in tensor.shape.numpy())
 
 
 def dtype_name(dtype: ir.DataType) -> str:
@@ -44,6 +49,10 @@ class NameScope:
         return name
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _min_ir_version(opset: int) -> int:
     for ir_version_entry in onnx.helper.VERSION_TABLE:
         _release, ir_version, ai_onnx, *_ = ir_version_entry
@@ -69,7 +78,7 @@ def ensure_opset(model: ir.Model, version: int, reason: str) -> bool:
         except Exception as e:  # the converters raise many types
             raise UnsupportedModelError(
                 f"the model uses opset {current}, but {reason} needs opset >= {version} and the "
-                f"ONNX version converter could not upgrade it ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                f"ONNX version converter could not upgrade it ({_first_line(e)}); "
                 f"re-export the model with opset >= {version}"
             ) from e
         if model.opset_imports.get("", 0) < version:
@@ -98,8 +107,9 @@ def remove_if_unused(graph: ir.Graph, value: ir.Value) -> bool:
     """Drop an initializer or Constant output that nothing reads any more."""
     if value.uses() or value.is_graph_output() or value.is_graph_input():
         return False
-    if value.name in graph.initializers and graph.initializers[value.name] is value:
-        del graph.initializers[value.name]
+    name = value.name
+    if name is not None and name in graph.initializers and graph.initializers[name] is value:
+        del graph.initializers[name]
         return True
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and producer.graph is graph:

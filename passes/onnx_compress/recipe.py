@@ -123,12 +123,15 @@ class QuantizeWeights:
     def verify_tolerance(self) -> float:
         """Default bound on the relative L2 error of the model's outputs for this scheme.
 
-        INT8 weights give 0.5-0.9% relative error per layer (numerics/int8.py); through a deep
-        network the errors add up in quadrature and are amplified by normalizations, so a
-        correct model lands at 1-3%. 5% leaves headroom for that while any real bug (wrong scale
-        axis, wrong layout, a transposed weight) gives errors of order 100%.
+        INT8 weights give 0.5-0.9% relative error per layer on Gaussian weights and up to 2% on
+        trained weights with outliers (numerics/int8.py, docs/accuracy.md); through a network
+        the errors add up, and ORT CPU adds its own int8-activation error when it fuses
+        DequantizeLinear->MatMul (accuracy level 4). Measured: BERT/LLaMA test models 0.1-1.3%,
+        SmolLM2 0.9%, all-MiniLM-L6-v2 4.5% (per token; sentence-embedding cosine 0.999).
+        10% leaves headroom above that, and stays an order of magnitude below what a real bug
+        (wrong scale axis, wrong layout, a transposed weight) produces: errors of order 100%.
         """
-        return 0.05
+        return 0.10
 
     def build(self, context: PassContext) -> list[ir.passes.PassBase]:
         from onnx_compress.quantize.weights import QuantizeWeightsPass
@@ -267,7 +270,10 @@ class Recipe:
             fields = {k: v for k, v in raw.items() if k != "kind"}
             steps.append(_from_fields(STEP_TYPES[kind], fields, f"{source}: steps[{i}] ({kind})"))
         verify = _from_fields(Verify, data.get("verify", {}), f"{source}: [verify]")
-        return cls(steps=tuple(steps), verify=verify)
+        try:
+            return cls(steps=tuple(steps), verify=verify)
+        except RecipeError as e:
+            raise RecipeError(f"{source}: {e}") from e
 
     def to_toml(self) -> str:
         lines = ["# onnx-compress recipe"]
@@ -291,7 +297,10 @@ def _from_fields(cls: type[Any], fields: Mapping[str, Any], where: str) -> Any:
     if unknown:
         raise RecipeError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(types_)}")
     kwargs = {name: _convert(types_[name], value, f"{where}.{name}") for name, value in fields.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from e
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -108,19 +108,18 @@ class Report:
 
     def format_table(self, max_rows: int | None = None) -> str:
         """The per-layer table and totals, for a terminal."""
-        rows = [("layer", "shape", "scheme", "before", "after", "rel.err")]
-        shown = self.layers if max_rows is None else self.layers[:max_rows]
-        for r in shown:
+        header = ("layer", "shape", "before", "after", "rel.err", "scheme")
+        rows = [header]
+        for r in self.layers if max_rows is None else self.layers[:max_rows]:
             err = f"{100 * r.rel_error:.3f}%" if r.rel_error is not None else "-"
             scheme = f"{r.scheme} {r.format}" if r.quantized else f"float ({r.reason})"
-            rows.append((r.name, "x".join(map(str, r.shape)), scheme, _bytes(r.bytes_before),
-                         _bytes(r.bytes_after), err))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+            rows.append((r.name, "x".join(map(str, r.shape)), _bytes(r.bytes_before), _bytes(r.bytes_after), err,
+                         scheme))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = []
         for row in rows:
-            cells = [c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-            # Put the (possibly long) scheme column last so reasons never misalign the numbers.
-            lines.append("  ".join([cells[0], cells[1], cells[3], cells[4], row[5].rjust(8), row[2]]).rstrip())
+            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:5], widths[1:], strict=True)]
+            lines.append("  ".join([*cells, row[5]]))
         if max_rows is not None and len(self.layers) > max_rows:
             lines.append(f"... {len(self.layers) - max_rows} more layers (see --report)")
         lines.append(self.format_totals())

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.ir_utils import tensor_shape
+
 # Aim for slabs of about this many elements (16 MiB of float32).
 _SLAB_ELEMENTS = 1 << 22
 
@@ -30,7 +32,7 @@ def row_slab_size(shape: tuple[int, ...], multiple: int = 1) -> int:
 
 def iter_row_slabs(tensor: ir.TensorProtocol, rows_per_slab: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first_row, slab)`` over axis 0 of ``tensor``; slabs keep the trailing dims."""
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tensor_shape(tensor)
     n_rows = shape[0]
     if isinstance(tensor, ir.ExternalTensor) and tensor.dtype.itemsize * 8 == tensor.dtype.bitwidth:
         dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")

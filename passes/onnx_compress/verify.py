@@ -41,15 +41,12 @@ def _index_bound(value: ir.Value) -> int | None:
             continue
         seen.add(v)
         for node, index in v.uses():
-            if node.op_type == "Gather" and index == 1:
-                table = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs[0] is not None else None
-                if table is None and node.inputs[0] is not None and node.inputs[0].shape is not None:
-                    dims = node.inputs[0].shape
-                    axis = node.attributes.get_int("axis", 0)
-                    if isinstance(dims[axis], int):
-                        return int(dims[axis])
-                if table is not None:
-                    return int(table.shape[node.attributes.get_int("axis", 0)])
+            data = node.inputs[0]
+            if node.op_type == "Gather" and index == 1 and data is not None and data.shape is not None:
+                # The table's static shape (a constant, or a dequantized constant, has one).
+                dim = data.shape[node.attributes.get_int("axis") or 0]
+                if isinstance(dim, int):
+                    return dim
             if node.op_type in _PASS_THROUGH and index == 0:
                 frontier.extend(node.outputs)
     return None
@@ -85,7 +82,7 @@ def random_inputs(model: ir.Model, *, seed: int = 0, batch: int = 2, sequence: i
             continue
         if value.type is None or not isinstance(value.type, ir.TensorType):
             raise CalibrationDataError(f"model input '{value.name}' is not a tensor; give verification inputs")
-        dtype = value.dtype
+        dtype = value.type.dtype
         shape = _dims(value, batch, sequence)
         np_dtype = dtype.numpy()
         name = value.name.lower()
@@ -94,6 +91,7 @@ def random_inputs(model: ir.Model, *, seed: int = 0, batch: int = 2, sequence: i
         elif dtype == ir.DataType.BOOL:
             feeds[value.name] = np.ones(shape, dtype=bool)
         elif dtype.is_integer():
+            arr: np.ndarray
             if "mask" in name:
                 arr = np.ones(shape)
             elif "position" in name:
@@ -145,10 +143,16 @@ def _session(path: str | os.PathLike[str], custom_op_libraries: Sequence[str]) -
 def _run(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
-    missing = wanted - set(feeds)
-    if missing:
-        raise CalibrationDataError(f"verification inputs lack model inputs {sorted(missing)}")
-    return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+    missing, extra = wanted - set(feeds), set(feeds) - wanted
+    if missing or extra:
+        raise CalibrationDataError(
+            f"input sample does not match the model's inputs {sorted(wanted)}: "
+            + "; ".join([f"missing {sorted(missing)}"] * bool(missing) + [f"unknown {sorted(extra)}"] * bool(extra))
+        )
+    try:
+        return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+    except Exception as e:  # ORT reports dtype/shape mismatches as its own exception types
+        raise CalibrationDataError(f"input sample does not fit the model: {_first_line(e)}") from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -186,7 +190,10 @@ def verify_files(
     mismatched: list[str] = []
     for sample in feeds:
         ref = _run(reference_session, sample)
-        got = _run(candidate_session, sample)
+        try:
+            got = _run(candidate_session, sample)
+        except CalibrationDataError as e:  # the input model ran on this sample: our fault
+            raise VerificationError(f"the compressed model fails where the input model runs: {e}") from e
         for name, y_ref in ref.items():
             y = got[name]
             if y.shape != y_ref.shape:

@@ -27,8 +27,11 @@ __all__ = [
     "QMAX",
     "absmax",
     "dequantize",
+    "pack_matmulnbits",
     "quantize",
+    "quantize_with_error",
     "scales_from_absmax",
+    "transpose_2d",
 ]
 
 import ml_dtypes
@@ -91,14 +94,32 @@ def quantize(
     w: npt.ArrayLike, scales: np.ndarray, axis: int, block_size: int = 0
 ) -> np.ndarray:
     """``clip(round(w / scale), -127, 127)`` as int8, with ``scales`` from :func:`scales_from_absmax`."""
+    return quantize_with_error(w, scales, axis, block_size)[0]
+
+
+def quantize_with_error(
+    w: npt.ArrayLike, scales: np.ndarray, axis: int, block_size: int = 0
+) -> tuple[np.ndarray, float, float]:
+    """:func:`quantize`, plus ``sum((w - q * scale)^2)`` and ``sum(w^2)`` (float64 totals).
+
+    The reconstruction error is ``scale * (w / scale - q)``, so it comes from the quotient
+    already computed for rounding, without dequantizing.
+    """
     arr = np.asarray(w)
     axis = _check(arr, axis, block_size)
     grouped, pad = _grouped(arr.astype(np.float32, copy=False), axis, block_size)
     s = np.expand_dims(np.asarray(scales).astype(np.float32), axis + 1)
-    q = np.rint(grouped / s)
+    ratio = grouped / s
+    q = np.rint(ratio)
     np.clip(q, -QMAX, QMAX, out=q)
-    q = q.astype(np.int8).reshape(grouped.shape[:axis] + (-1,) + grouped.shape[axis + 2 :])
-    return _unpad(q, axis, arr.shape[axis]) if pad else q
+    ratio -= q
+    ratio *= ratio
+    group_err = ratio.sum(axis=axis + 1)  # float32 pairwise sums of values in [0, 1/4]
+    sq_error = float(np.dot(group_err.ravel().astype(np.float64), np.square(s.astype(np.float64)).ravel()))
+    flat = grouped.reshape(-1)
+    sq_norm = float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+    q8 = q.astype(np.int8).reshape(grouped.shape[:axis] + (-1,) + grouped.shape[axis + 2 :])
+    return (_unpad(q8, axis, arr.shape[axis]) if pad else q8), sq_error, sq_norm
 
 
 def dequantize(
@@ -110,3 +131,29 @@ def dequantize(
     w = grouped * np.expand_dims(np.asarray(scales).astype(np.float32), axis + 1)
     w = w.reshape(grouped.shape[:axis] + (-1,) + grouped.shape[axis + 2 :])
     return (_unpad(w, axis, q.shape[axis]) if pad else w).astype(dtype)
+
+
+def transpose_2d(a: np.ndarray, tile: int = 32) -> np.ndarray:
+    """``a.T`` as a new C-contiguous array, copied in tiles (3-5x faster than ``a.T.copy()``
+    for 1-byte dtypes on large matrices, whose naive strided copy thrashes the cache)."""
+    rows, cols = a.shape
+    out = np.empty((cols, rows), a.dtype)
+    for i in range(0, rows, tile):
+        for j in range(0, cols, 2048):
+            out[j : j + 2048, i : i + tile] = a[i : i + tile, j : j + 2048].T
+    return out
+
+
+def pack_matmulnbits(q_nk: np.ndarray, block_size: int) -> np.ndarray:
+    """ORT MatMulNBits (bits=8) storage of symmetric int8 weights ``q_nk`` [N, K].
+
+    Layout: uint8 [N, ceil(K / block_size), block_size], blocks along K, each value stored as
+    ``q + 128`` (the op's default zero point is 128, so no zero_points input is needed);
+    K is padded with q = 0 (stored 128) up to a whole number of blocks.
+    """
+    n, k = q_nk.shape
+    k_blocks = -(-k // block_size)
+    packed = np.empty((n, k_blocks * block_size), np.uint8)
+    np.bitwise_xor(q_nk.view(np.uint8), np.uint8(0x80), out=packed[:, :k])  # q + 128 (mod 256)
+    packed[:, k:] = 0x80
+    return packed.reshape(n, k_blocks, block_size)

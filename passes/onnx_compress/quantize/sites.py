@@ -27,6 +27,8 @@ import logging
 
 import onnx_ir as ir
 
+from onnx_compress.ir_utils import tensor_shape
+
 logger = logging.getLogger(__name__)
 
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -66,7 +68,7 @@ class Site:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.tensor.shape)
+        return tensor_shape(self.tensor)
 
     @property
     def dtype(self) -> ir.DataType:

@@ -32,11 +32,19 @@ import numpy as np
 import onnx_ir as ir
 
 from onnx_compress.errors import UnsupportedModelError
-from onnx_compress.ir_utils import NameScope, dtype_name, ensure_opset, first_consumer, remove_if_unused
+from onnx_compress.ir_utils import (
+    NameScope,
+    dtype_name,
+    ensure_opset,
+    first_consumer,
+    remove_if_unused,
+    tensor_shape,
+)
 from onnx_compress.numerics import int8
+from onnx_compress.parallel import ordered_map
+from onnx_compress.quantize.sites import Site, UseKind, find_sites
 from onnx_compress.recipe import ProgressFactory, QuantizeWeights, WeightFormat
 from onnx_compress.report import LayerRecord, add_records
-from onnx_compress.quantize.sites import Site, UseKind, find_sites
 from onnx_compress.tensor_io import iter_row_slabs, row_slab_size
 
 logger = logging.getLogger(__name__)
@@ -45,20 +53,20 @@ SUPPORTED_DTYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16
 
 
 class Quantized(NamedTuple):
-    q: np.ndarray  # int8, the weight's shape
-    scales: np.ndarray  # scale dtype, shape of numerics.int8 (reduction axis -> groups)
+    q: np.ndarray  # int8 in the weight's shape (QDQ), or MatMulNBits' packed uint8 B
+    scales: np.ndarray  # scale dtype, shape of numerics.int8 (or MatMulNBits' [N, k_blocks])
     rel_error: float  # ||W - W'||_F / ||W||_F
 
 
 def quantize_int8_tensor(tensor: ir.TensorProtocol, reduction_axis: int, block_size: int) -> Quantized:
     """Quantize a weight with :mod:`numerics.int8`, reading 2-D weights in slabs of rows."""
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tensor_shape(tensor)
     scale_dtype = tensor.dtype.numpy()
     if len(shape) != 2:
         w = tensor.numpy()
         scales = int8.scales_from_absmax(int8.absmax(w, reduction_axis, block_size), scale_dtype)
-        q = int8.quantize(w, scales, reduction_axis, block_size)
-        return Quantized(q, scales, _rel_error(w, q, scales, reduction_axis, block_size)[0] ** 0.5)
+        q, err, total = int8.quantize_with_error(w, scales, reduction_axis, block_size)
+        return Quantized(q, scales, math.sqrt(err / total) if total > 0 else 0.0)
 
     q = np.empty(shape, np.int8)
     err = total = 0.0
@@ -68,10 +76,8 @@ def quantize_int8_tensor(tensor: ir.TensorProtocol, reduction_axis: int, block_s
         parts = []
         for start, slab in iter_row_slabs(tensor, rows):
             s = int8.scales_from_absmax(int8.absmax(slab, reduction_axis, block_size), scale_dtype)
-            qs = int8.quantize(slab, s, reduction_axis, block_size)
-            q[start : start + len(slab)] = qs
+            q[start : start + len(slab)], e, t = int8.quantize_with_error(slab, s, reduction_axis, block_size)
             parts.append(s)
-            e, t = _rel_error(slab, qs, s, reduction_axis, block_size)
             err, total = err + e, total + t
         scales = np.concatenate(parts, axis=0)
     else:
@@ -82,20 +88,9 @@ def quantize_int8_tensor(tensor: ir.TensorProtocol, reduction_axis: int, block_s
             np.maximum(amax, int8.absmax(slab, 0, 0), out=amax)
         scales = int8.scales_from_absmax(amax, scale_dtype)
         for start, slab in iter_row_slabs(tensor, rows):
-            qs = int8.quantize(slab, scales, 0, 0)
-            q[start : start + len(slab)] = qs
-            e, t = _rel_error(slab, qs, scales, 0, 0)
+            q[start : start + len(slab)], e, t = int8.quantize_with_error(slab, scales, 0, 0)
             err, total = err + e, total + t
     return Quantized(q, scales, math.sqrt(err / total) if total > 0 else 0.0)
-
-
-def _rel_error(w: np.ndarray, q: np.ndarray, scales: np.ndarray, axis: int, block_size: int) -> tuple[float, float]:
-    """(sum of squared reconstruction error, sum of squared weights) in float64."""
-    wf = np.asarray(w, dtype=np.float32)
-    diff = int8.dequantize(q, scales, axis, block_size) - wf
-    return float(np.dot(diff.ravel().astype(np.float64), diff.ravel())), float(
-        np.dot(wf.ravel().astype(np.float64), wf.ravel())
-    )
 
 
 def _next_pow2(x: int) -> int:
@@ -137,7 +132,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         for use in site.uses:
             if use.kind is UseKind.MATMUL_LHS:
                 return f"MatMul '{use.node.name}' has the weight on the left"
-            if use.kind is UseKind.GEMM and use.node.attributes.get_int("transA", 0):
+            if use.kind is UseKind.GEMM and use.node.attributes.get_int("transA"):
                 return f"Gemm '{use.node.name}' has transA=1"
         return None
 
@@ -176,15 +171,12 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
 
         graph = model.graph
         names = NameScope(graph)
-        items: Iterable[tuple[Site, bool]] = chosen
+        results: Iterable[tuple[tuple[Site, bool], Quantized]] = ordered_map(self._quantize, chosen)
         if self.progress is not None and chosen:
-            items = self.progress(chosen, total=len(chosen), desc="quantizing", unit="weight")
-        for site, as_nbits in items:
-            block = self.config.block_size
-            quantized = quantize_int8_tensor(site.tensor, site.reduction_axis, block)
+            results = self.progress(results, total=len(chosen), desc="quantizing", unit="weight")
+        for (site, as_nbits), quantized in results:
             if as_nbits:
-                # Per channel = one MatMulNBits block spanning all of K (the op needs a power of 2).
-                after = self._emit_matmulnbits(graph, names, site, quantized, block or _next_pow2(site.k))
+                after = self._emit_matmulnbits(graph, names, site, quantized)
             else:
                 after = self._emit_qdq(graph, names, site, quantized)
             release = getattr(site.tensor, "release", None)
@@ -216,8 +208,8 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     @staticmethod
     def _initializer(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:
         name = names.fresh(base)
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                         const_value=ir.Tensor(array, name=name))
+        tensor = ir.Tensor(array, name=name)
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
         graph.register_initializer(value)
         return value
 
@@ -242,17 +234,27 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             use.node.replace_input_with(use.input_index, out)
         return qt.q.nbytes + scales.nbytes
 
-    def _emit_matmulnbits(self, graph: ir.Graph, names: NameScope, site: Site, qt: Quantized, block: int) -> int:
-        k, n = site.k, site.n
+    def _quantize(self, item: tuple[Site, bool]) -> Quantized:
+        """Worker-thread part: read, quantize and lay out one weight (no graph access)."""
+        site, as_nbits = item
+        qt = quantize_int8_tensor(site.tensor, site.reduction_axis, self.config.block_size)
+        if not as_nbits:
+            return qt
         # MatMulNBits wants B as [N, k_blocks, block] (blocks along K) and scales [N, k_blocks].
-        q_nk = qt.q if site.reduction_axis == 1 else qt.q.T
-        scales_nk = qt.scales if site.reduction_axis == 1 else qt.scales.T
-        k_blocks = -(-k // block)
-        packed = np.full((n, k_blocks * block), 128, np.uint8)
-        packed[:, :k] = (q_nk.astype(np.int16) + 128).astype(np.uint8)
-        packed = packed.reshape(n, k_blocks, block)
-        if scales_nk.shape[1] != k_blocks:  # per-channel scales: one block spans all of K
-            scales_nk = np.ascontiguousarray(np.broadcast_to(scales_nk, (n, k_blocks)))
+        # Per channel = one block spanning all of K (the op needs a power of two).
+        block = self.config.block_size or _next_pow2(site.k)
+        q_nk = qt.q if site.reduction_axis == 1 else int8.transpose_2d(qt.q)
+        scales_nk = qt.scales if site.reduction_axis == 1 else np.ascontiguousarray(qt.scales.T)
+        k_blocks = -(-site.k // block)
+        if scales_nk.shape[1] != k_blocks:
+            scales_nk = np.ascontiguousarray(np.broadcast_to(scales_nk, (site.n, k_blocks)))
+        return Quantized(int8.pack_matmulnbits(q_nk, block), scales_nk, qt.rel_error)
+
+    def _emit_matmulnbits(self, graph: ir.Graph, names: NameScope, site: Site, qt: Quantized) -> int:
+        """``qt`` holds the packed B [N, k_blocks, block] and scales [N, k_blocks] (see _quantize)."""
+        k, n = site.k, site.n
+        packed, scales_nk = qt.q, qt.scales
+        block = packed.shape[2]
         base = site.value.name or site.name
         b = self._initializer(graph, names, f"{base}.q8", packed)
         nbytes = packed.nbytes
@@ -264,11 +266,12 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
                 scaled = (scales_nk.astype(np.float32) * np.float32(alpha)).astype(scales_nk.dtype)
                 scales_by_alpha[alpha] = self._initializer(graph, names, f"{base}.scales", np.ascontiguousarray(scaled))
                 nbytes += scaled.nbytes
-            self._replace_with_nbits(graph, names, use.node, use.kind, b, scales_by_alpha[alpha], k, n, block)
+            self._replace_with_nbits(graph, names, use.node, use.kind, b, scales_by_alpha[alpha], k, n, block,
+                                     scales_nk.dtype)
         return nbytes
 
     def _replace_with_nbits(self, graph: ir.Graph, names: NameScope, node: ir.Node, kind: UseKind,
-                            b: ir.Value, scales: ir.Value, k: int, n: int, block: int) -> None:
+                            b: ir.Value, scales: ir.Value, k: int, n: int, block: int, float_dtype: np.dtype) -> None:
         a = node.inputs[0]
         bias: ir.Value | None = None
         extra: list[ir.Node] = []
@@ -280,8 +283,9 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             c = node.inputs[2]
             beta = node.attributes.get_float("beta", 1.0)
             c_tensor = ir.convenience.get_const_tensor(c)
-            if c_tensor is not None and c_tensor.size in (1, n) and len(c_tensor.shape) <= 2 and (
-                c_tensor.size == 1 or int(c_tensor.shape[-1]) == n
+            c_shape = tensor_shape(c_tensor) if c_tensor is not None else ()
+            if c_tensor is not None and c_tensor.size in (1, n) and len(c_shape) <= 2 and (
+                c_tensor.size == 1 or c_shape[-1] == n
             ):
                 c_arr = c_tensor.numpy().astype(np.float32).reshape(-1)
                 vec = np.broadcast_to(c_arr * np.float32(beta), (n,)).astype(c_tensor.dtype.numpy())
@@ -292,8 +296,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             else:
                 addend = c
                 if beta != 1.0:
-                    beta_v = self._initializer(graph, names, f"{new.name}.beta",
-                                               np.asarray(beta, dtype=scales.const_value.dtype.numpy()))
+                    beta_v = self._initializer(graph, names, f"{new.name}.beta", np.asarray(beta, dtype=float_dtype))
                     mul = ir.node("Mul", [c, beta_v], name=names.fresh(f"{new.name}.beta_c"))
                     extra.append(mul)
                     addend = mul.outputs[0]

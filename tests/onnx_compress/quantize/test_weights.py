@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx.reference import ReferenceEvaluator
-
 from models import tiny
+from onnx.reference import ReferenceEvaluator
+from tests.conftest import TOL, rel_error, run_ort
+
 from onnx_compress import (
     AccuracyLevel,
     QuantizeWeights,
@@ -21,7 +22,6 @@ from onnx_compress import (
 from onnx_compress.numerics import int8
 from onnx_compress.quantize.weights import QuantizeWeightsPass
 from onnx_compress.report import records
-from tests.conftest import TOL, rel_error, run_ort
 
 RNG = np.random.default_rng(123)
 
@@ -117,7 +117,8 @@ def _gemm_expected(model: onnx.ModelProto, case: dict, block: int, feeds: dict) 
     x = feeds["x"].T if case.get("trans_a") else feeds["x"]
     y = case.get("alpha", 1.0) * (x.astype(np.float64) @ w)
     if case["bias"] == "vector":
-        y += case.get("beta", 1.0) * onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "C"))
+        c = next(i for i in model.graph.initializer if i.name == "C")
+        y += case.get("beta", 1.0) * onnx.numpy_helper.to_array(c)
     elif case["bias"] == "matrix":
         y += case.get("beta", 1.0) * feeds["C"]
     return y
@@ -203,7 +204,7 @@ def test_unsupported_dtype_is_an_error_unless_excluded() -> None:
     model = tiny.matmul(dtype="float64")
     with pytest.raises(UnsupportedModelError, match=r"is float64; supported weight dtypes: float32, float16, bfloat16"):
         quantize(model)
-    q, modified = quantize(model, exclude=("proj",))
+    _, modified = quantize(model, exclude=("proj",))
     assert not modified
 
 
@@ -264,5 +265,6 @@ def test_opset_upgrade_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
             raise RuntimeError("no adapter for FancyOp")
 
     monkeypatch.setattr(vc, "ConvertVersionPass", Broken)
-    with pytest.raises(UnsupportedModelError, match=re.escape("needs opset >= 21 and the ONNX version converter could not upgrade it (no adapter for FancyOp)")):
+    message = "needs opset >= 21 and the ONNX version converter could not upgrade it (no adapter for FancyOp)"
+    with pytest.raises(UnsupportedModelError, match=re.escape(message)):
         quantize(tiny.matmul(opset=17), block_size=32)
