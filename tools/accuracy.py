@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
-
 from models import export
+
 from onnx_compress import QuantizeWeights, Recipe, Verify, compress_file
 from onnx_compress.verify import random_inputs
 

@@ -247,6 +247,17 @@ def test_bfloat16_model_with_reference_evaluator() -> None:
     assert rel_error(y.astype(np.float64), expected) < 1e-2
 
 
+def test_float16_per_channel_needs_opset_19() -> None:
+    # DequantizeLinear takes float16 scales from opset 19 on: an opset-17 fp16 model is upgraded.
+    model = tiny.matmul(dtype="float16", opset=17)
+    q, _ = quantize(model)
+    assert q.opset_imports[""] == 19
+    x = RNG.standard_normal((5, 64)).astype(np.float16)
+    (y,) = run_ort(proto(q), {"x": x}, optimize=False)
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    assert rel_error(y, x.astype(np.float64) @ oracle_weight(w, 0, 0)) < TOL["ort_vs_oracle_fp16"]
+
+
 def test_opset_upgrade_for_blocked_dq() -> None:
     model = tiny.matmul(opset=17)
     q, _ = quantize(model, block_size=32)
