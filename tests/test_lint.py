@@ -11,8 +11,9 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff() -> None:
-    proc = subprocess.run([str(BIN / "ruff"), "check", "passes", "tests", "models", "tools"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "ruff"), "check", "passes", "tests", "models", "tools"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -42,8 +42,10 @@ def main() -> None:
     parser.add_argument("--exporter", default="dynamo")
     parser.add_argument("--block-sizes", nargs="+", type=int, default=[0, 32])
     args = parser.parse_args()
-    print("| model | scheme | layers | layer error mean | layer error max | output error fp32 compute "
-          "| output error ORT CPU default |")
+    print(
+        "| model | scheme | layers | layer error mean | layer error max | output error fp32 compute "
+        "| output error ORT CPU default |"
+    )
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
@@ -58,8 +60,10 @@ def main() -> None:
                 fp32 = _rel(_run(out, feeds, "1"), y_ref)
                 default = _rel(_run(out, feeds, None), y_ref)
                 label = QuantizeWeights(block_size=block).label
-                print(f"| {name} | {label} | {len(errors)} | {100 * np.mean(errors):.3f}% | {100 * max(errors):.3f}% "
-                      f"| {100 * fp32:.3f}% | {100 * default:.3f}% |")
+                print(
+                    f"| {name} | {label} | {len(errors)} | {100 * np.mean(errors):.3f}% | {100 * max(errors):.3f}% "
+                    f"| {100 * fp32:.3f}% | {100 * default:.3f}% |"
+                )
 
 
 if __name__ == "__main__":

@@ -34,18 +34,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (imports, timed work). Imports are not timed, for any quantizer.
 _RUNNERS = {
-    "ours-int8": ("from onnx_compress.cli import main",
-                  'assert main([SRC, DST, "--no-verify", "-q"]) == 0'),
-    "ours-int8-nbits": ("from onnx_compress.cli import main",
-                        'assert main([SRC, DST, "--no-verify", "-q", "--format", "matmulnbits", '
-                        '"--block-size", "128"]) == 0'),
-    "ort-nbits8": ("import onnx\nfrom onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer",
-                   "q = MatMulNBitsQuantizer(onnx.load(SRC), bits=8, block_size=128, is_symmetric=True, "
-                   "accuracy_level=4)\nq.process()\n"
-                   "q.model.save_model_to_file(DST, use_external_data_format=EXTERNAL)"),
-    "ort-dynamic": ("from onnxruntime.quantization import QuantType, quantize_dynamic",
-                    "quantize_dynamic(SRC, DST, per_channel=True, weight_type=QuantType.QInt8, "
-                    "use_external_data_format=EXTERNAL)"),
+    "ours-int8": ("from onnx_compress.cli import main", 'assert main([SRC, DST, "--no-verify", "-q"]) == 0'),
+    "ours-int8-nbits": (
+        "from onnx_compress.cli import main",
+        'assert main([SRC, DST, "--no-verify", "-q", "--format", "matmulnbits", "--block-size", "128"]) == 0',
+    ),
+    "ort-nbits8": (
+        "import onnx\nfrom onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer",
+        "q = MatMulNBitsQuantizer(onnx.load(SRC), bits=8, block_size=128, is_symmetric=True, "
+        "accuracy_level=4)\nq.process()\n"
+        "q.model.save_model_to_file(DST, use_external_data_format=EXTERNAL)",
+    ),
+    "ort-dynamic": (
+        "from onnxruntime.quantization import QuantType, quantize_dynamic",
+        "quantize_dynamic(SRC, DST, per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=EXTERNAL)",
+    ),
 }
 
 # Peak RSS is read from /proc/self/status (VmHWM): getrusage's ru_maxrss survives exec and
@@ -58,7 +61,9 @@ def peak_rss():
     raise RuntimeError("no VmHWM in /proc/self/status")
 """
 
-_HARNESS = PEAK_RSS + """
+_HARNESS = (
+    PEAK_RSS
+    + """
 import json, sys, time, logging
 logging.disable(logging.WARNING)
 SRC, DST, EXTERNAL = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
@@ -68,6 +73,7 @@ t0 = time.perf_counter()
 dt = time.perf_counter() - t0
 print(json.dumps({{"seconds": dt, "max_rss": peak_rss()}}))
 """
+)
 
 
 def matmul_params(path: Path) -> int:
@@ -86,8 +92,12 @@ def run_one(name: str, src: Path, folder: Path, external: bool) -> dict[str, flo
     dst = folder / f"{name}.onnx"
     setup, body = _RUNNERS[name]
     code = _HARNESS.format(setup=setup, body=body)
-    proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst), "1" if external else "0"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(src), str(dst), "1" if external else "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -108,8 +118,12 @@ def model_path(name: str, work: Path) -> tuple[Path, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["large", "minilm"],
-                        help="large (2.1 GB, 8 x 8192x8192), or names from models/export.py")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["large", "minilm"],
+        help="large (2.1 GB, 8 x 8192x8192), or names from models/export.py",
+    )
     parser.add_argument("--quantizers", nargs="+", default=list(_RUNNERS), choices=list(_RUNNERS))
     parser.add_argument("--repeats", type=int, default=1, help="runs per quantizer (best time is kept)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -137,13 +151,17 @@ def main() -> None:
                 results[model][q] = best
             base = {k: v for k, v in results[model].items() if "error" not in v}
             for q, r in base.items():
-                line = (f"  {q:16s} {r['seconds']:7.2f} s  {r['mparams_per_s']:7.1f} M params/s  "
-                        f"peak RSS {r['max_rss'] / 2**20:7.0f} MiB ({r['rss_over_model']:.2f}x model)")
+                line = (
+                    f"  {q:16s} {r['seconds']:7.2f} s  {r['mparams_per_s']:7.1f} M params/s  "
+                    f"peak RSS {r['max_rss'] / 2**20:7.0f} MiB ({r['rss_over_model']:.2f}x model)"
+                )
                 if q.startswith("ours"):
                     for other in (k for k in base if k.startswith("ort")):
                         o = base[other]
-                        line += (f"\n{'':20s}vs {other}: {o['seconds'] / r['seconds']:.2f}x speed, "
-                                 f"{o['max_rss'] / r['max_rss']:.2f}x less memory")
+                        line += (
+                            f"\n{'':20s}vs {other}: {o['seconds'] / r['seconds']:.2f}x speed, "
+                            f"{o['max_rss'] / r['max_rss']:.2f}x less memory"
+                        )
                 print(line)
             if model == "large":
                 shutil.rmtree(work / "large", ignore_errors=True)

@@ -85,8 +85,9 @@ def compress(
             ref_path, out_path = Path(tmp, "reference.onnx"), Path(tmp, "compressed.onnx")
             ir.save(original, ref_path, external_data="reference.onnx.data")
             ir.save(work, out_path, external_data="compressed.onnx.data")
-            result = verify_files(ref_path, out_path, _feeds(work, recipe, calibration),
-                                  tolerance=recipe.verify_tolerance)
+            result = verify_files(
+                ref_path, out_path, _feeds(work, recipe, calibration), tolerance=recipe.verify_tolerance
+            )
         report = report.with_verification(result.to_dict())
     return CompressResult(work, dataclasses.replace(report, seconds=time.perf_counter() - start))
 
@@ -119,9 +120,17 @@ def compress_file(
         staged.save(model, external_data)
         if recipe.verify.enabled:
             feeds = _feeds(model, recipe, calibration)
-            verification = verify_files(input_path, staged.model_path, feeds,
-                                        tolerance=recipe.verify_tolerance).to_dict()
+            verification = verify_files(
+                input_path, staged.model_path, feeds, tolerance=recipe.verify_tolerance
+            ).to_dict()
         staged.commit()
-    report = build_report(before_bytes, model, after_bytes, time.perf_counter() - start, recipe.to_toml(),
-                          input_path=os.fspath(input_path), output_path=os.fspath(out))
+    report = build_report(
+        before_bytes,
+        model,
+        after_bytes,
+        time.perf_counter() - start,
+        recipe.to_toml(),
+        input_path=os.fspath(input_path),
+        output_path=os.fspath(out),
+    )
     return report if verification is None else report.with_verification(verification)

@@ -67,35 +67,67 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", help="input .onnx model (external data next to it is found)")
     p.add_argument("output", nargs="?", help="output .onnx path (must differ from the input)")
     q = p.add_argument_group("quantization")
-    q.add_argument("--quantize", choices=[s.value for s in WeightScheme], default=None,
-                   help="weight number format (default: int8)")
-    q.add_argument("--format", choices=[f.value for f in WeightFormat], default=None,
-                   help="graph form: qdq = DequantizeLinear->MatMul (default, portable); "
-                   "matmulnbits = com.microsoft.MatMulNBits (ORT)")
-    q.add_argument("--block-size", type=int, default=None, metavar="N",
-                   help="0 = one scale per output channel (default); else a power of two >= 16: "
-                   "one scale per N weights along K")
-    q.add_argument("--exclude", action="append", default=None, metavar="REGEX",
-                   help="keep layers whose name matches float (repeatable; default: lm_head; "
-                   "--exclude '' keeps nothing float)")
-    q.add_argument("--min-dim", type=int, default=None, metavar="N",
-                   help="keep layers with K or N below N float (default: 16)")
-    q.add_argument("--accuracy-level", type=int, choices=[int(a) for a in AccuracyLevel], default=None,
-                   help="MatMulNBits accuracy_level (default 4: int8 activations, ORT CPU's fast path)")
+    q.add_argument(
+        "--quantize", choices=[s.value for s in WeightScheme], default=None, help="weight number format (default: int8)"
+    )
+    q.add_argument(
+        "--format",
+        choices=[f.value for f in WeightFormat],
+        default=None,
+        help="graph form: qdq = DequantizeLinear->MatMul (default, portable); "
+        "matmulnbits = com.microsoft.MatMulNBits (ORT)",
+    )
+    q.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="0 = one scale per output channel (default); else a power of two >= 16: one scale per N weights along K",
+    )
+    q.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        metavar="REGEX",
+        help="keep layers whose name matches float (repeatable; default: lm_head; --exclude '' keeps nothing float)",
+    )
+    q.add_argument(
+        "--min-dim", type=int, default=None, metavar="N", help="keep layers with K or N below N float (default: 16)"
+    )
+    q.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=[int(a) for a in AccuracyLevel],
+        default=None,
+        help="MatMulNBits accuracy_level (default 4: int8 activations, ORT CPU's fast path)",
+    )
     r = p.add_argument_group("recipe")
     r.add_argument("--recipe", type=Path, metavar="TOML", help="read the steps from a recipe file")
     r.add_argument("--print-recipe", action="store_true", help="print the effective recipe as TOML and exit")
     v = p.add_argument_group("verification and output")
-    v.add_argument("--no-verify", action="store_true",
-                   help="skip the checker, ORT load and output-parity checks")
-    v.add_argument("--verify-tolerance", type=float, default=None, metavar="X",
-                   help="max relative L2 error of each output vs the input model (default per scheme)")
+    v.add_argument("--no-verify", action="store_true", help="skip the checker, ORT load and output-parity checks")
+    v.add_argument(
+        "--verify-tolerance",
+        type=float,
+        default=None,
+        metavar="X",
+        help="max relative L2 error of each output vs the input model (default per scheme)",
+    )
     v.add_argument("--report", type=Path, metavar="JSON", help="write the full report as JSON")
     ext = v.add_mutually_exclusive_group()
-    ext.add_argument("--external-data", dest="external_data", action="store_true", default=None,
-                     help="always write weights to <output>.data")
-    ext.add_argument("--no-external-data", dest="external_data", action="store_false",
-                     help="write a single .onnx file (fails above 2 GB)")
+    ext.add_argument(
+        "--external-data",
+        dest="external_data",
+        action="store_true",
+        default=None,
+        help="always write weights to <output>.data",
+    )
+    ext.add_argument(
+        "--no-external-data",
+        dest="external_data",
+        action="store_false",
+        help="write a single .onnx file (fails above 2 GB)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     o.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -166,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("give an input and an output model path (or --print-recipe)")
         from onnx_compress.api import compress_file  # heavy imports only when there is work
 
-        report = compress_file(args.input, args.output, recipe, progress=_progress(args.quiet),
-                               external_data=args.external_data)
+        report = compress_file(
+            args.input, args.output, recipe, progress=_progress(args.quiet), external_data=args.external_data
+        )
         if args.report is not None:
             try:
                 args.report.write_text(report.to_json() + "\n", encoding="utf-8")
@@ -186,8 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("interrupted; nothing was written")
         return 130
     except Exception as e:  # a bug: one line by default, the traceback with -v
-        logger.error("internal error: %s: %s (run with -v for the traceback and please report it)",
-                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        logger.error(
+            "internal error: %s: %s (run with -v for the traceback and please report it)",
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+        )
         if args.verbose:
             traceback.print_exc()
         return 1

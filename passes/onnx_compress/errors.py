@@ -15,6 +15,7 @@ Exit codes (also in the README):
 5   the output cannot be written where asked (:class:`OutputPathError`)
 6   verification of the compressed model failed (:class:`VerificationError`)
 7   calibration / verification input data is unusable (:class:`CalibrationDataError`)
+8   our custom-op library is missing or cannot be loaded (:class:`RuntimeLibraryError`)
 ==  ==========================================================================
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "OnnxCompressError",
     "OutputPathError",
     "RecipeError",
+    "RuntimeLibraryError",
     "UnsupportedModelError",
     "VerificationError",
 ]
@@ -71,3 +73,9 @@ class CalibrationDataError(OnnxCompressError):
     """Calibration or verification input data does not match the model's inputs."""
 
     exit_code = 7
+
+
+class RuntimeLibraryError(OnnxCompressError):
+    """The onnx_compress custom-op library (runtime_ops/) is not built or does not load."""
+
+    exit_code = 8

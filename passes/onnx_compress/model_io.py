@@ -93,13 +93,9 @@ def _first_line(e: BaseException) -> str:
 
 def _check_proto_structure(proto: onnx.ModelProto, p: Path) -> None:
     if proto.ir_version <= 0 or not proto.HasField("graph"):
-        raise ModelLoadError(
-            f"input model '{p}' is not an ONNX model (no ir_version or graph found in the protobuf)"
-        )
+        raise ModelLoadError(f"input model '{p}' is not an ONNX model (no ir_version or graph found in the protobuf)")
     if not proto.opset_import:
-        raise ModelLoadError(
-            f"input model '{p}' declares no opset_import (truncated or not an ONNX model)"
-        )
+        raise ModelLoadError(f"input model '{p}' declares no opset_import (truncated or not an ONNX model)")
     if not proto.graph.node or not proto.graph.output:
         raise ModelLoadError(
             f"input model '{p}' has an empty graph ({len(proto.graph.node)} nodes, "
@@ -119,8 +115,9 @@ def _check_proto_structure(proto: onnx.ModelProto, p: Path) -> None:
         defined.update(node.output)
     for out in proto.graph.output:
         if out.name not in defined:
-            raise ModelLoadError(f"input model '{p}' is incomplete (truncated or corrupt?): graph output "
-                                 f"'{out.name}' is never computed")
+            raise ModelLoadError(
+                f"input model '{p}' is incomplete (truncated or corrupt?): graph output '{out.name}' is never computed"
+            )
 
 
 def _check_external_data(model: ir.Model, p: Path) -> None:
@@ -143,8 +140,9 @@ def _check_external_data(model: ir.Model, p: Path) -> None:
             )
 
 
-def check_output_path(output: str | os.PathLike[str], input_path: str | os.PathLike[str] | None,
-                      input_model: ir.Model | None = None) -> Path:
+def check_output_path(
+    output: str | os.PathLike[str], input_path: str | os.PathLike[str] | None, input_model: ir.Model | None = None
+) -> Path:
     """Validate the output path before any work is done; return it as a Path."""
     out = Path(output)
     if out.exists() and out.is_dir():
@@ -155,9 +153,7 @@ def check_output_path(output: str | os.PathLike[str], input_path: str | os.PathL
     if input_path is not None:
         inp = Path(input_path)
         if out.resolve() == inp.resolve() or (out.exists() and os.path.samefile(out, inp)):
-            raise OutputPathError(
-                f"output '{out}' is the input model; write the compressed model to a new file"
-            )
+            raise OutputPathError(f"output '{out}' is the input model; write the compressed model to a new file")
     if input_model is not None:
         data = _data_path_for(out).resolve()
         if data in external_data_paths(input_model):
@@ -201,8 +197,9 @@ class StagedOutput:
             raise OutputPathError(f"cannot write to output folder '{folder}': {e.strerror}") from e
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None

@@ -209,9 +209,7 @@ class Recipe:
             rank = STEP_ORDER[cls]
             if rank < last_rank:
                 earlier = [s.KIND for s in self.steps if STEP_ORDER[type(s)] > rank]
-                raise RecipeError(
-                    f"step '{cls.KIND}' must come before {', '.join(repr(k) for k in earlier)}"
-                )
+                raise RecipeError(f"step '{cls.KIND}' must come before {', '.join(repr(k) for k in earlier)}")
             seen.add(cls)
             last_rank = rank
 

@@ -113,8 +113,9 @@ class Report:
         for r in self.layers if max_rows is None else self.layers[:max_rows]:
             err = f"{100 * r.rel_error:.3f}%" if r.rel_error is not None else "-"
             scheme = f"{r.scheme} {r.format}" if r.quantized else f"float ({r.reason})"
-            rows.append((r.name, "x".join(map(str, r.shape)), _bytes(r.bytes_before), _bytes(r.bytes_after), err,
-                         scheme))
+            rows.append(
+                (r.name, "x".join(map(str, r.shape)), _bytes(r.bytes_before), _bytes(r.bytes_after), err, scheme)
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = []
         for row in rows:
@@ -150,7 +151,21 @@ def _bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def build_report(before_bytes: int, after: ir.Model, after_bytes: int, seconds: float, recipe_toml: str,
-                 input_path: str | None = None, output_path: str | None = None) -> Report:
-    return Report(layers=records(after), model_bytes_before=before_bytes, model_bytes_after=after_bytes,
-                  seconds=seconds, recipe_toml=recipe_toml, input_path=input_path, output_path=output_path)
+def build_report(
+    before_bytes: int,
+    after: ir.Model,
+    after_bytes: int,
+    seconds: float,
+    recipe_toml: str,
+    input_path: str | None = None,
+    output_path: str | None = None,
+) -> Report:
+    return Report(
+        layers=records(after),
+        model_bytes_before=before_bytes,
+        model_bytes_after=after_bytes,
+        seconds=seconds,
+        recipe_toml=recipe_toml,
+        input_path=input_path,
+        output_path=output_path,
+    )

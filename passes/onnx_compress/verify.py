@@ -122,8 +122,10 @@ class VerificationResult:
     @property
     def summary(self) -> str:
         worst = max(self.output_errors.values(), default=None)
-        parity = self.parity if worst is None else (
-            f"max output rel. error {100 * worst:.3f}% (tolerance {100 * self.tolerance:.1f}%)"
+        parity = (
+            self.parity
+            if worst is None
+            else (f"max output rel. error {100 * worst:.3f}% (tolerance {100 * self.tolerance:.1f}%)")
         )
         status = "passed" if self.passed else "FAILED"
         return f"{status}: checker {self.checker}; ORT CPU {self.ort_load}; {parity}"
@@ -216,7 +218,6 @@ def verify_files(
         if mismatched:
             details = ", ".join([details] * bool(details) + [f"integer output {m!r} differs" for m in mismatched])
         raise VerificationError(
-            f"compressed model drifts from the input model: {details} relative error "
-            f"(tolerance {100 * tolerance:.1f}%)"
+            f"compressed model drifts from the input model: {details} relative error (tolerance {100 * tolerance:.1f}%)"
         )
     return result

@@ -20,8 +20,14 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "onnx_compress", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "onnx_compress", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -31,8 +37,9 @@ def model_path(tmp_path: Path) -> Path:
     return path
 
 
-def assert_clean_failure(proc: subprocess.CompletedProcess[str], code: int, message: str, folder: Path,
-                         before: dict[Path, str]) -> None:
+def assert_clean_failure(
+    proc: subprocess.CompletedProcess[str], code: int, message: str, folder: Path, before: dict[Path, str]
+) -> None:
     """Exit code, one line naming the problem, no traceback, no file written, inputs untouched."""
     assert proc.returncode == code, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -61,7 +68,7 @@ def test_default_recipe_summary_and_report(model_path: Path, tmp_path: Path) -> 
     assert data["verification"]["passed"] is True
     assert {tuple(layer["shape"]) for layer in data["layers"]} == {(64, 128), (128, 64)}
     assert all(0 < layer["rel_error"] < 0.01 for layer in data["layers"])
-    assert "kind = \"quantize\"" in data["recipe"]
+    assert 'kind = "quantize"' in data["recipe"]
 
 
 def test_quiet_prints_nothing(model_path: Path, tmp_path: Path) -> None:
@@ -212,8 +219,9 @@ def test_old_opset_is_upgraded(tmp_path: Path) -> None:
     assert {o.domain: o.version for o in onnx.load(out).opset_import}[""] == 21
 
 
-def test_old_opset_upgrade_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_old_opset_upgrade_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import onnxscript.version_converter as vc
 
     def broken(*args: object, **kwargs: object) -> object:

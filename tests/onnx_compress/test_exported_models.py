@@ -21,8 +21,9 @@ EXPECTED_FLOAT = {"bert": set(), "llama": {"lm_head"}}
 
 @pytest.mark.parametrize(("name", "exporter"), MODELS)
 @pytest.mark.parametrize("block", [0, 32])
-def test_int8_qdq_on_exported_models(exported: Callable[[str, str], Path], tmp_path: Path, name: str,
-                                     exporter: str, block: int) -> None:
+def test_int8_qdq_on_exported_models(
+    exported: Callable[[str, str], Path], tmp_path: Path, name: str, exporter: str, block: int
+) -> None:
     src = exported(name, exporter)
     out = tmp_path / "q.onnx"
     report = compress_file(src, out, Recipe(steps=(QuantizeWeights(block_size=block),)))
@@ -57,8 +58,9 @@ def test_int8_qdq_on_exported_models(exported: Callable[[str, str], Path], tmp_p
 
 
 @pytest.mark.parametrize(("name", "exporter"), [("llama", "dynamo"), ("bert", "torchscript")])
-def test_int8_matmulnbits_on_exported_models(exported: Callable[[str, str], Path], tmp_path: Path, name: str,
-                                             exporter: str) -> None:
+def test_int8_matmulnbits_on_exported_models(
+    exported: Callable[[str, str], Path], tmp_path: Path, name: str, exporter: str
+) -> None:
     src = exported(name, exporter)
     out = tmp_path / "q.onnx"
     report = compress_file(src, out, Recipe(steps=(QuantizeWeights(format=WeightFormat.MATMULNBITS),)))

@@ -18,12 +18,15 @@ from tools.bench_quantize import PEAK_RSS
 from onnx_compress.numerics import int8
 
 # Runs the CLI in a fresh interpreter and reports that process's own peak RSS.
-_MEASURE = PEAK_RSS + """
+_MEASURE = (
+    PEAK_RSS
+    + """
 import json, sys
 from onnx_compress.cli import main
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "max_rss": peak_rss()}))
 """
+)
 
 
 @pytest.mark.slow
@@ -33,8 +36,12 @@ def test_quantize_2gb_model_with_bounded_memory(tmp_path: Path) -> None:
     assert model_bytes >= 2**31  # beyond what one protobuf can hold
     out = tmp_path / "out" / "q.onnx"
     out.parent.mkdir()
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(src), str(out), "--no-verify", "-q"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(src), str(out), "--no-verify", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     measured = json.loads(proc.stdout.splitlines()[-1])
     assert measured["rc"] == 0

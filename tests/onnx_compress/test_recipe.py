@@ -14,9 +14,18 @@ from onnx_compress.recipe import STEP_ORDER, STEP_TYPES
     "recipe",
     [
         DEFAULT_RECIPE,
-        Recipe(steps=(QuantizeWeights(block_size=32, format=WeightFormat.MATMULNBITS, exclude=("a|b", 'q"uote\\.'),
-                                      accuracy_level=AccuracyLevel.FP16, min_dim=4),),
-               verify=Verify(enabled=False, tolerance=0.02, seed=7, batch=1, sequence=3)),
+        Recipe(
+            steps=(
+                QuantizeWeights(
+                    block_size=32,
+                    format=WeightFormat.MATMULNBITS,
+                    exclude=("a|b", 'q"uote\\.'),
+                    accuracy_level=AccuracyLevel.FP16,
+                    min_dim=4,
+                ),
+            ),
+            verify=Verify(enabled=False, tolerance=0.02, seed=7, batch=1, sequence=3),
+        ),
         Recipe(steps=(), verify=Verify()),
         Recipe(steps=(QuantizeWeights(exclude=()),)),
     ],
@@ -69,8 +78,10 @@ def test_every_step_type_has_an_order_rank() -> None:
     [
         ("[[steps]]\nkind = 'prune'\n", "steps[0] has unknown kind 'prune'; known: quantize"),
         ("[[steps]]\nscheme = 'int8'\n", "steps[0] needs a 'kind'"),
-        ("[[steps]]\nkind = 'quantize'\nscheme = 'int3'\n",
-         "steps[0] (quantize).scheme: got 'int3'; supported: 'int8'"),
+        (
+            "[[steps]]\nkind = 'quantize'\nscheme = 'int3'\n",
+            "steps[0] (quantize).scheme: got 'int3'; supported: 'int8'",
+        ),
         ("[[steps]]\nkind = 'quantize'\nblock = 32\n", "unknown keys ['block']"),
         ("[[steps]]\nkind = 'quantize'\nblock_size = '32'\n", "block_size: expected an integer, got '32'"),
         ("[[steps]]\nkind = 'quantize'\nblock_size = 24\n", "power of two >= 16, got 24"),

@@ -28,9 +28,12 @@ def test_random_inputs_respect_the_model(exported: Callable[[str, str], Path]) -
 
 
 def test_position_inputs_count_up() -> None:
-    g = helper.make_graph([helper.make_node("Cast", ["position_ids"], ["y"], to=TensorProto.FLOAT)], "g",
-                          [helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])])
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["position_ids"], ["y"], to=TensorProto.FLOAT)],
+        "g",
+        [helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+    )
     feeds = random_inputs(ir.serde.deserialize_model(helper.make_model(g)), batch=2, sequence=4)
     assert feeds["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
 
@@ -58,9 +61,13 @@ def test_integer_outputs_must_match_exactly(tmp_path: Path) -> None:
         w = np.diag(np.arange(1, 17, dtype=np.float32)) * scale
         w[0, 0] = 100.0 * scale if scale < 0 else w[0, 0]
         nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("ArgMax", ["h"], ["y"], axis=1)]
-        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2, 1])],
-                              [numpy_helper.from_array(w, "W")])
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+            [helper.make_tensor_value_info("y", TensorProto.INT64, [2, 1])],
+            [numpy_helper.from_array(w, "W")],
+        )
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
     ref = _save(argmax_model(1.0), tmp_path / "ref.onnx")

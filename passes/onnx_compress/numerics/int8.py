@@ -19,6 +19,17 @@ Definitions (all arrays are numpy; nothing here knows about ONNX graphs):
   ``ceil(K / B)`` (blockwise) or ``1`` (per channel). This is exactly the shape ONNX's
   blocked ``DequantizeLinear(axis=reduction_axis, block_size=B)`` expects; a per-channel 2-D
   weight uses ``scale.reshape(-1)`` with ``axis=channel_axis``.
+
+Layouts of the custom / contrib ops that carry these weights:
+
+* ``onnx_compress.Int8MatMul``: output channels in panels of 32 (``N_pad = ceil(N / 32) * 32``),
+  K padded to whole groups (``K_pad``); ``B`` int8 ``[N_pad / 32, K_pad, 32]`` with
+  ``B[p, k, j] = q[k, 32p + j]`` (each panel one contiguous stream along K, the 32 channels of a
+  k side by side, as NF4MatMul's layout in numerics/nf4.py), ``scales``
+  ``[N_pad / 32, groups, 32]``; ``W'[k, n] = B[n // 32, k, n % 32] * scales[n // 32, k // g, n % 32]``
+  with g = block_size (K per channel). Padding holds q = 0 and scale 0
+  (:func:`to_int8matmul`, :func:`from_int8matmul`).
+* ``com.microsoft.MatMulNBits`` bits=8: see :func:`pack_matmulnbits`.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ __all__ = [
     "quantize",
     "quantize_with_error",
     "scales_from_absmax",
+    "from_int8matmul",
+    "to_int8matmul",
     "transpose_2d",
 ]
 
@@ -90,9 +103,7 @@ def scales_from_absmax(amax: np.ndarray, dtype: npt.DTypeLike = np.float32) -> n
     return np.where(stored.astype(np.float32) > 0, stored, tiny)
 
 
-def quantize(
-    w: npt.ArrayLike, scales: np.ndarray, axis: int, block_size: int = 0
-) -> np.ndarray:
+def quantize(w: npt.ArrayLike, scales: np.ndarray, axis: int, block_size: int = 0) -> np.ndarray:
     """``clip(round(w / scale), -127, 127)`` as int8, with ``scales`` from :func:`scales_from_absmax`."""
     return quantize_with_error(w, scales, axis, block_size)[0]
 
@@ -157,3 +168,32 @@ def pack_matmulnbits(q_nk: np.ndarray, block_size: int) -> np.ndarray:
     np.bitwise_xor(q_nk.view(np.uint8), np.uint8(0x80), out=packed[:, :k])  # q + 128 (mod 256)
     packed[:, k:] = 0x80
     return packed.reshape(n, k_blocks, block_size)
+
+
+def to_int8matmul(
+    q: np.ndarray, scales: np.ndarray, reduction_axis: int, block_size: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D quantized weight (``q``, ``scales`` as :func:`quantize` makes them) in Int8MatMul's
+    panel layout: ``B`` [N_pad/32, K_pad, 32] int8 and scales [N_pad/32, groups, 32]."""
+    if q.ndim != 2:
+        raise ValueError(f"Int8MatMul takes a 2-D weight, got shape {q.shape}")
+    q_kn = q if reduction_axis % 2 == 0 else q.T
+    s_gn = np.asarray(scales) if reduction_axis % 2 == 0 else np.asarray(scales).T  # [groups, N]
+    k, n = q_kn.shape
+    groups = s_gn.shape[0]
+    k_pad, n_pad = (groups * block_size if block_size else k), -(-n // 32) * 32
+    b = np.zeros((k_pad, n_pad), np.int8)
+    b[:k, :n] = q_kn
+    s = np.zeros((groups, n_pad), s_gn.dtype)
+    s[:, :n] = s_gn
+    return (
+        np.ascontiguousarray(b.reshape(k_pad, n_pad // 32, 32).transpose(1, 0, 2)),
+        np.ascontiguousarray(s.reshape(groups, n_pad // 32, 32).transpose(1, 0, 2)),
+    )
+
+
+def from_int8matmul(b: np.ndarray, scales: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`to_int8matmul`: ``q`` [K, N] int8 and scales [groups, N]."""
+    q = b.transpose(1, 0, 2).reshape(b.shape[1], -1)[:k, :n]
+    s = np.asarray(scales).transpose(1, 0, 2).reshape(scales.shape[1], -1)[:, :n]
+    return np.ascontiguousarray(q), np.ascontiguousarray(s)

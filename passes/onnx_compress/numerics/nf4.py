@@ -12,26 +12,32 @@ Codebook and rounding (identical to bitsandbytes and ONNX Runtime's MatMulBnb4 q
 
 Packed layout of ``NF4MatMul``'s B (chosen for the kernels; ``W`` is the weight as ``[K, N]``):
 
-* ``B``: uint8 ``[N, K_pad / 2]`` with ``K_pad = ceil(K / block_size) * block_size``. Row ``n``
-  holds the codes of output channel ``n`` (column ``n`` of W) in K order, so every block is
-  ``block_size / 2`` contiguous bytes of one row and a kernel streams each row with wide loads.
-* Two codes per byte, the first (even k) in the HIGH nibble, as bitsandbytes and MatMulBnb4 do.
-* Positions ``k >= K`` in the last block hold the code of 0.0 (7), so they contribute nothing
-  whatever A holds there (kernels still never read A beyond K).
-* ``absmax``: ``[N, K_pad / block_size]``, float32 or the activation dtype.
-* When ``K % block_size == 0`` the bytes of ``B`` and ``absmax`` are exactly MatMulBnb4's
-  (whose B is W transposed to [N, K] and flattened), so converting between them is a reshape.
+* Output channels are grouped in *panels* of 32 (``N_pad = ceil(N / 32) * 32``); K is padded to
+  whole blocks (``K_pad = ceil(K / block_size) * block_size``).
+* ``B``: uint8 ``[N_pad / 32, K_pad, 16]``. ``B[p, k, i]`` holds the codes of W[k, 32p + i] in
+  the LOW nibble and of W[k, 32p + 16 + i] in the HIGH nibble. So for one k, the 16 bytes give
+  the 32 output channels of a panel as two contiguous halves: a kernel vectorized over N
+  decodes them with one table lookup per half, with no transpose, and each panel is one long
+  contiguous stream along K (GEMV) or a ready-made B panel (GEMM tiles).
+* Padding (k >= K, n >= N) holds the code of 0.0 (7), so it contributes nothing.
+* ``absmax``: ``[N_pad / 32, K_pad / block_size, 32]``, float32 or the activation dtype:
+  ``absmax[p, b, j]`` scales the block b of output channel 32p + j (0 for padding channels).
+* Converting from / to MatMulBnb4 (bitsandbytes order: W^T [N, K] flattened, first code of a
+  byte in the HIGH nibble) is a repack of the same codes and absmax values.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CODEBOOK",
+    "PANEL",
     "THRESHOLDS",
     "ZERO_CODE",
     "dequantize",
     "dequantize_blocks",
     "pack",
+    "panel_pack",
+    "panel_unpack",
     "quantize",
     "quantize_blocks",
     "unpack",
@@ -42,10 +48,22 @@ import numpy.typing as npt
 
 CODEBOOK = np.array(
     [
-        -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-        0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-        0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
     ],
     dtype=np.float32,
 )
@@ -53,10 +71,21 @@ CODEBOOK = np.array(
 
 THRESHOLDS = np.array(
     [
-        -0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544,
-        -0.23460740596055984, -0.13791173323988914, -0.045525018125772476, 0.03979014977812767,
-        0.1202552504837513, 0.2035212516784668, 0.2920137718319893, 0.3893125355243683,
-        0.5016634166240692, 0.6427869200706482, 0.8614784181118011,
+        -0.8480964004993439,
+        -0.6106329262256622,
+        -0.4599952697753906,
+        -0.33967943489551544,
+        -0.23460740596055984,
+        -0.13791173323988914,
+        -0.045525018125772476,
+        0.03979014977812767,
+        0.1202552504837513,
+        0.2035212516784668,
+        0.2920137718319893,
+        0.3893125355243683,
+        0.5016634166240692,
+        0.6427869200706482,
+        0.8614784181118011,
     ],
     dtype=np.float32,
 )
@@ -64,6 +93,9 @@ THRESHOLDS = np.array(
 
 ZERO_CODE = 7
 """Code of 0.0: the padding value."""
+
+PANEL = 32
+"""Output channels per panel in NF4MatMul's / Int8MatMul's packed layouts."""
 
 
 def quantize_blocks(w: npt.ArrayLike, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,19 +145,41 @@ def unpack(packed: np.ndarray, length: int) -> np.ndarray:
 
 
 def quantize(w_kn: npt.ArrayLike, block_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """A weight ``W`` [K, N] to NF4MatMul's ``(B [N, K_pad/2] uint8, absmax [N, K_pad/bs] float32)``."""
+    """A weight ``W`` [K, N] to NF4MatMul's ``(B [N_pad/32, K_pad, 16] uint8,
+    absmax [N_pad/32, K_pad/bs, 32] float32)`` (see the module docstring)."""
     w = np.asarray(w_kn, dtype=np.float32)
     if w.ndim != 2:
         raise ValueError(f"expected a 2-D [K, N] weight, got shape {w.shape}")
-    k = w.shape[0]
-    k_pad = -(-k // block_size) * block_size
+    k, n = w.shape
     codes, absmax = quantize_blocks(np.ascontiguousarray(w.T), block_size)  # [N, K], [N, K_pad/bs]
-    padded = np.full((w.shape[1], k_pad), ZERO_CODE, np.uint8)
-    padded[:, :k] = codes
-    return pack(padded), absmax
+    return panel_pack(codes, absmax, k, n, block_size)
 
 
-def dequantize(b: np.ndarray, absmax: np.ndarray, k: int, block_size: int = 64) -> np.ndarray:
+def panel_pack(
+    codes_nk: np.ndarray, absmax_nb: np.ndarray, k: int, n: int, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [N, K] and absmax [N, K_pad/bs] (per output channel, blocks along K) in
+    NF4MatMul's panel layout."""
+    k_pad = -(-k // block_size) * block_size
+    n_pad = -(-n // PANEL) * PANEL
+    full = np.full((n_pad, k_pad), ZERO_CODE, np.uint8)
+    full[:n, :k] = codes_nk[:, :k]
+    panels = full.reshape(n_pad // PANEL, PANEL, k_pad).transpose(0, 2, 1)  # [P, K_pad, 32]
+    b = (panels[..., :16] | (panels[..., 16:] << 4)).astype(np.uint8)
+    am = np.zeros((n_pad, k_pad // block_size), np.float32)
+    am[:n] = absmax_nb
+    return np.ascontiguousarray(b), np.ascontiguousarray(am.reshape(n_pad // PANEL, PANEL, -1).transpose(0, 2, 1))
+
+
+def panel_unpack(b: np.ndarray, absmax: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`panel_pack`: codes [N, K] and absmax [N, K_pad/bs] (float32)."""
+    panels = np.concatenate([b & 0x0F, b >> 4], axis=-1)  # [P, K_pad, 32]
+    codes = panels.transpose(0, 2, 1).reshape(-1, b.shape[1])[:n, :k]
+    am = np.asarray(absmax, dtype=np.float32).transpose(0, 2, 1).reshape(-1, absmax.shape[1])[:n]
+    return codes, am
+
+
+def dequantize(b: np.ndarray, absmax: np.ndarray, k: int, n: int, block_size: int = 64) -> np.ndarray:
     """NF4MatMul's ``(B, absmax)`` back to the float32 weight ``W'`` [K, N]."""
-    codes = unpack(b, b.shape[-1] * 2)
-    return dequantize_blocks(codes, absmax, block_size)[:, :k].T.copy()
+    codes, am = panel_unpack(b, absmax, k, n)
+    return np.ascontiguousarray(dequantize_blocks(codes, am, block_size).T)

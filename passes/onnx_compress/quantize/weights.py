@@ -185,11 +185,16 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             remove_if_unused(graph, site.value)
             out_records.append(
                 LayerRecord(
-                    name=site.name, weight=site.value.name or "", shape=site.shape,
-                    dtype=dtype_name(site.dtype), scheme=self.config.label,
+                    name=site.name,
+                    weight=site.value.name or "",
+                    shape=site.shape,
+                    dtype=dtype_name(site.dtype),
+                    scheme=self.config.label,
                     format="matmulnbits" if as_nbits else "qdq",
-                    bytes_before=_nbytes(site), bytes_after=after,
-                    rel_error=quantized.rel_error, consumers=len(site.uses),
+                    bytes_before=_nbytes(site),
+                    bytes_after=after,
+                    rel_error=quantized.rel_error,
+                    consumers=len(site.uses),
                 )
             )
             modified = True
@@ -200,9 +205,18 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
 
     def _skip_record(self, site: Site, reason: str) -> LayerRecord:
         nbytes = _nbytes(site)
-        return LayerRecord(name=site.name, weight=site.value.name or "", shape=site.shape,
-                           dtype=dtype_name(site.dtype), scheme="float", format="-",
-                           bytes_before=nbytes, bytes_after=nbytes, consumers=len(site.uses), reason=reason)
+        return LayerRecord(
+            name=site.name,
+            weight=site.value.name or "",
+            shape=site.shape,
+            dtype=dtype_name(site.dtype),
+            scheme="float",
+            format="-",
+            bytes_before=nbytes,
+            bytes_after=nbytes,
+            consumers=len(site.uses),
+            reason=reason,
+        )
 
     # ---- emission ---------------------------------------------------------------------
     @staticmethod
@@ -266,32 +280,53 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
                 scaled = (scales_nk.astype(np.float32) * np.float32(alpha)).astype(scales_nk.dtype)
                 scales_by_alpha[alpha] = self._initializer(graph, names, f"{base}.scales", np.ascontiguousarray(scaled))
                 nbytes += scaled.nbytes
-            self._replace_with_nbits(graph, names, use.node, use.kind, b, scales_by_alpha[alpha], k, n, block,
-                                     scales_nk.dtype)
+            self._replace_with_nbits(
+                graph, names, use.node, use.kind, b, scales_by_alpha[alpha], k, n, block, scales_nk.dtype
+            )
         return nbytes
 
-    def _replace_with_nbits(self, graph: ir.Graph, names: NameScope, node: ir.Node, kind: UseKind,
-                            b: ir.Value, scales: ir.Value, k: int, n: int, block: int, float_dtype: np.dtype) -> None:
+    def _replace_with_nbits(
+        self,
+        graph: ir.Graph,
+        names: NameScope,
+        node: ir.Node,
+        kind: UseKind,
+        b: ir.Value,
+        scales: ir.Value,
+        k: int,
+        n: int,
+        block: int,
+        float_dtype: np.dtype,
+    ) -> None:
         a = node.inputs[0]
         bias: ir.Value | None = None
         extra: list[ir.Node] = []
         attrs = {"K": k, "N": n, "bits": 8, "block_size": block, "accuracy_level": int(self.config.accuracy_level)}
-        new = ir.node("MatMulNBits", [a, b, scales], attrs, domain="com.microsoft",
-                      name=names.fresh(f"{node.name or 'matmul'}.nbits"))
+        new = ir.node(
+            "MatMulNBits",
+            [a, b, scales],
+            attrs,
+            domain="com.microsoft",
+            name=names.fresh(f"{node.name or 'matmul'}.nbits"),
+        )
         result = new.outputs[0]
         if kind is UseKind.GEMM and len(node.inputs) > 2 and node.inputs[2] is not None:
             c = node.inputs[2]
             beta = node.attributes.get_float("beta", 1.0)
             c_tensor = ir.convenience.get_const_tensor(c)
             c_shape = tensor_shape(c_tensor) if c_tensor is not None else ()
-            if c_tensor is not None and c_tensor.size in (1, n) and len(c_shape) <= 2 and (
-                c_tensor.size == 1 or c_shape[-1] == n
+            if (
+                c_tensor is not None
+                and c_tensor.size in (1, n)
+                and len(c_shape) <= 2
+                and (c_tensor.size == 1 or c_shape[-1] == n)
             ):
                 c_arr = c_tensor.numpy().astype(np.float32).reshape(-1)
                 vec = np.broadcast_to(c_arr * np.float32(beta), (n,)).astype(c_tensor.dtype.numpy())
                 bias = self._initializer(graph, names, f"{new.name}.bias", np.ascontiguousarray(vec))
-                new = ir.node("MatMulNBits", [a, b, scales, None, None, bias], attrs, domain="com.microsoft",
-                              name=new.name)
+                new = ir.node(
+                    "MatMulNBits", [a, b, scales, None, None, bias], attrs, domain="com.microsoft", name=new.name
+                )
                 result = new.outputs[0]
             else:
                 addend = c

@@ -122,3 +122,23 @@ def test_bad_arguments() -> None:
         int8.absmax(w, 2)
     with pytest.raises(ValueError, match="block_size must be 0"):
         int8.absmax(w, 0, -1)
+
+
+@pytest.mark.parametrize("block", [0, 32])
+def test_int8matmul_panel_layout(block: int) -> None:
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((100, 45)).astype(np.float32)
+    s = int8.scales_from_absmax(int8.absmax(w, 0, block))
+    q = int8.quantize(w, s, 0, block)
+    b, sp = int8.to_int8matmul(q, s, 0, block)
+    k_pad = 100 if block == 0 else 128
+    assert b.shape == (2, k_pad, 32) and b.dtype == np.int8 and sp.shape == (2, s.shape[0], 32)
+    assert b[1, 7, 3] == q[7, 35] and sp[1, 0, 3] == s[0, 35]  # channel 32 * 1 + 3
+    assert np.all(b[:, 100:] == 0) and np.all(b[1, :, 13:] == 0) and np.all(sp[1, :, 13:] == 0)  # padding
+    q2, s2 = int8.from_int8matmul(b, sp, 100, 45)
+    np.testing.assert_array_equal(q2, q)
+    np.testing.assert_array_equal(s2, s)
+    # the Gemm transB=1 orientation ([N, K] weights) gives the same layout
+    b_t, sp_t = int8.to_int8matmul(np.ascontiguousarray(q.T), np.ascontiguousarray(s.T), 1, block)
+    np.testing.assert_array_equal(b_t, b)
+    np.testing.assert_array_equal(sp_t, sp)

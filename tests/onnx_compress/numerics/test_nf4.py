@@ -56,22 +56,29 @@ def test_bit_exact_with_onnxruntime_bnb4_quantizer(k: int, n: int, block: int) -
     codes, am = nf4.quantize_blocks(w.T.reshape(-1), block)
     np.testing.assert_array_equal(nf4.pack(codes), packed)
     np.testing.assert_array_equal(am, absmax)
-    # NF4MatMul's layout (rows padded to whole blocks) is the same bytes when K % block == 0
+    # NF4MatMul's panel layout holds the same codes and absmax values
     b, a = nf4.quantize(w, block)
-    assert b.shape == (n, -(-k // block) * block // 2) and a.shape == (n, -(-k // block))
-    if k % block == 0:
-        np.testing.assert_array_equal(b.reshape(-1), packed)
-        np.testing.assert_array_equal(a.reshape(-1), absmax)
+    k_pad, n_pad = -(-k // block) * block, -(-n // 32) * 32
+    assert b.shape == (n_pad // 32, k_pad, 16) and a.shape == (n_pad // 32, k_pad // block, 32)
+    codes_nk, absmax_nb = nf4.panel_unpack(b, a, k, n)
+    codes_flat, _ = nf4.quantize_blocks(w.T.reshape(-1), block)
+    if k % block == 0:  # then MatMulBnb4's flat blocks are per-channel blocks too
+        np.testing.assert_array_equal(codes_nk.reshape(-1), codes_flat)
+        np.testing.assert_array_equal(absmax_nb.reshape(-1), absmax)
 
 
-def test_layout_round_trip_and_padding_codes() -> None:
+def test_panel_layout_nibbles_and_padding() -> None:
     rng = np.random.default_rng(1)
-    w = rng.standard_normal((100, 9)).astype(np.float32)
+    w = rng.standard_normal((100, 45)).astype(np.float32)
     b, a = nf4.quantize(w, 64)
-    assert b.shape == (9, 64) and a.shape == (9, 2)
-    codes = nf4.unpack(b, 128)
-    assert np.all(codes[:, 100:] == nf4.ZERO_CODE)
-    w2 = nf4.dequantize(b, a, 100, 64)
+    assert b.shape == (2, 128, 16) and a.shape == (2, 2, 32)
+    codes, _ = nf4.quantize_blocks(w.T, 64)  # [N, K]
+    # B[p, k, i]: channel 32p + i in the low nibble, channel 32p + 16 + i in the high nibble
+    assert b[0, 5, 3] == codes[3, 5] | (codes[19, 5] << 4)
+    assert b[1, 99, 12] & 0x0F == codes[44, 99] and b[1, 99, 12] >> 4 == nf4.ZERO_CODE  # n = 60 > N
+    assert np.all(b[:, 100:, :] == nf4.ZERO_CODE | (nf4.ZERO_CODE << 4))  # k >= K
+    assert np.all(a[1, :, 13:] == 0)  # absmax of padding channels (n >= 45)
+    w2 = nf4.dequantize(b, a, 100, 45, 64)
     assert w2.shape == w.shape
     # re-quantizing the dequantized weight is a fixed point
     b2, a2 = nf4.quantize(w2, 64)
@@ -84,5 +91,5 @@ def test_relative_error_on_gaussian_weights(block: int, low: float, high: float)
     # formats.md measured 0.092 (block 64) and 0.0955 (block 128) on Gaussian weights.
     w = np.random.default_rng(2).standard_normal((4096, 256)).astype(np.float32)
     b, a = nf4.quantize(w, block)
-    rel = np.linalg.norm(nf4.dequantize(b, a, 4096, block) - w) / np.linalg.norm(w)
+    rel = np.linalg.norm(nf4.dequantize(b, a, 4096, 256, block) - w) / np.linalg.norm(w)
     assert low < rel < high
