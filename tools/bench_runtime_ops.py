@@ -254,6 +254,31 @@ def time_format(
     return statistics.median(times)
 
 
+def copy_bandwidth(device: str) -> float | None:
+    """Device-to-device copy bandwidth (bytes read + written per second) through PyTorch, if
+    present: the ceiling for weight streaming at M=1."""
+    if device != "cuda":
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    return 2 * (1 << 30) / statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -299,6 +324,10 @@ def main() -> None:
         "formats": {},
     }
     k, n = ws[0].shape[0], ws[-1].shape[1]
+    bandwidth = copy_bandwidth(device)
+    results["meta"]["copy_bandwidth"] = bandwidth
+    if bandwidth:
+        print(f"device copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s", flush=True)
     for name in formats:
         model, wbytes, deq = builders[name]()
         sess = session(model, device)
@@ -316,6 +345,12 @@ def main() -> None:
         del sess
     base = results["formats"].get("float")
     print("\nper layer (ratio = float time / format time, GB/s = weight bytes / time)")
+    if bandwidth:
+        print(f"weight GB/s as a share of the copy bandwidth ({bandwidth / 1e9:.0f} GB/s) at M=1:")
+        for name, r in results["formats"].items():
+            if 1 in r["seconds"]:
+                share = r["weight_bytes_per_layer"] / r["seconds"][1] / bandwidth
+                print(f"  {name:10s} {100 * share:5.1f}%")
     header = "format".ljust(10) + "".join(f"M={m}".rjust(26) for m in ms)
     print(header)
     for name, r in results["formats"].items():

@@ -52,6 +52,10 @@ def session_options(options: Any = None, *, cuda: bool = False) -> Any:
 
     options = options if options is not None else ort.SessionOptions()
     path = library_path(cuda)
+    if cuda and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu from PyPI finds the CUDA libraries of the nvidia-* packages only once
+        # they are preloaded; our CUDA library links the same libcudart, so load them first.
+        ort.preload_dlls()
     try:
         options.register_custom_ops_library(os.fspath(path))
     except Exception as e:  # ORT raises its own exception types

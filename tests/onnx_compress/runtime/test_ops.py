@@ -134,6 +134,10 @@ CASES = [
     ("Int8MatMul", 100, 33, 0),  # per channel
     ("Int8MatMul", 77, 19, 16),
     ("Int8MatMul", 300, 65, 128),
+    # K a multiple of 8: float16/bfloat16 with M > 4 take the tensor-core kernel on CUDA
+    ("NF4MatMul", 320, 100, 64),
+    ("Int8MatMul", 256, 65, 64),
+    ("Int8MatMul", 200, 70, 0),    # per channel, K not a multiple of the 32-row k tiles
 ]
 
 
@@ -159,16 +163,20 @@ def test_matches_reference(device: str, op: str, k: int, n: int, block: int, dty
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", ["NF4MatMul", "Int8MatMul"])
-def test_rank3_and_large_m(device: str, op: str) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_rank3_and_large_m(device: str, op: str, dtype: str) -> None:
     k, n, block = 200, 70, 64
+    np_dtype = DTYPES[dtype][1]
     b, s, w = make_weights(op, k, n, block, np.float32, 5)
-    sess = session(make_model(op, k, n, block, "float32", b, s, None, rank=3), device)
+    sess = session(make_model(op, k, n, block, dtype, b, s, None, rank=3), device)
     rng = np.random.default_rng(6)
-    for m in (1, 5, 37):  # 2*37 = 74 rows: six full 12-row tiles and a 2-row remainder
-        a = rng.standard_normal((2, m, k)).astype(np.float32)
+    # 2*37 = 74 rows: CPU: six full 12-row GEMM tiles and a 2-row remainder; CUDA: a partial
+    # 128-row tensor-core tile. 2*150 = 300 rows: several tiles along M.
+    for m in (1, 5, 37, 150):
+        a = rng.standard_normal((2, m, k)).astype(np_dtype)
         y = run_poisoned(sess, a, n, device)
         assert y.shape == (2, m, n)
-        assert rel(y, a.astype(np.float64) @ w) < TOL["kernel_float32"]
+        assert rel(y, a.astype(np.float64) @ w) < TOL[f"kernel_{dtype}"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

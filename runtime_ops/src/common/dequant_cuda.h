@@ -1,0 +1,46 @@
+// Host-side interface of the CUDA kernels of NF4MatMul and Int8MatMul (no CUDA headers needed
+// by callers beyond the runtime API). The kernels live in common/dequant_cuda.cuh.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/ops_common.h"
+
+namespace oco {
+
+enum class DType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2 };
+
+// One call: Y[m, N] = A[m, K] @ dequant(B) (+ bias), all pointers on the device.
+struct CudaCall {
+  const void* a = nullptr;
+  int64_t m = 0;
+  const uint8_t* b = nullptr;      // [panels, k_pad, bytes_per_k]
+  const void* scales = nullptr;    // [panels, blocks, 32]
+  DType scale_type = DType::kFloat;
+  const void* bias = nullptr;      // [N] or null
+  void* y = nullptr;
+  DType type = DType::kHalf;       // of A, bias and Y
+  DequantParams p;
+  float* workspace = nullptr;      // split-K partial sums (WorkspaceBytes() of them)
+  cudaStream_t stream = nullptr;
+  int sm_count = 132;
+};
+
+// How a call is run: which kernel, with how many K splits.
+struct CudaPlan {
+  bool tensor_cores = false;
+  int bm = 0;       // rows per CTA of the tensor-core kernel
+  int mr = 0;       // rows of A per CTA of the SIMT kernel
+  int splits = 1;   // > 1: partial sums go to the workspace and a second kernel adds them up
+  size_t workspace_bytes = 0;
+};
+
+CudaPlan PlanNf4(const CudaCall& call);
+cudaError_t LaunchNf4(const CudaCall& call, const CudaPlan& plan);
+CudaPlan PlanInt8(const CudaCall& call);
+cudaError_t LaunchInt8(const CudaCall& call, const CudaPlan& plan);
+
+}  // namespace oco

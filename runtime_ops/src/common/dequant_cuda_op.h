@@ -1,0 +1,118 @@
+// ORT glue of the CUDA kernels (plain C++; the kernels are in dequant_cuda.cuh): validates
+// inputs exactly as the CPU kernels do, takes ORT's compute stream, allocates the split-K
+// workspace from ORT's CUDA allocator (stream-ordered: freed right after the launch, reused only
+// by later work on the same stream), and reports every CUDA error as an ORT error status.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "common/dequant_cuda.h"
+#include "common/ops_common.h"
+
+namespace oco {
+
+template <ONNXTensorElementDataType kType>
+constexpr DType ToDType() {
+  return kType == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT     ? DType::kFloat
+         : kType == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? DType::kHalf
+                                                          : DType::kBFloat16;
+}
+
+inline void CheckCuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(Str(what, " failed: ", cudaGetErrorString(err)));
+}
+
+// Format: kOp, kScaleName, kBType, kBytesPerK, Params(info), Plan(call), Launch(call, plan).
+template <typename Format, ONNXTensorElementDataType kType>
+class DequantMatMulCudaKernel {
+ public:
+  explicit DequantMatMulCudaKernel(const OrtKernelInfo* info) : p_(Format::Params(Ort::ConstKernelInfo(info))) {}
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return Guard(Format::kOp, [&] { Compute(Ort::KernelContext(context)); });
+  }
+
+ private:
+  void Compute(const Ort::KernelContext& ctx) {
+    auto a = ctx.GetInput(0);
+    auto b = ctx.GetInput(1);
+    auto s = ctx.GetInput(2);
+    const bool has_bias = ctx.GetInputCount() > 3 && ctx.GetInput(3) != nullptr;
+    IoShapes io;
+    io.a = a.GetTensorTypeAndShapeInfo().GetShape();
+    io.b = b.GetTensorTypeAndShapeInfo().GetShape();
+    auto s_info = s.GetTensorTypeAndShapeInfo();
+    io.scales = s_info.GetShape();
+    io.scale_type = s_info.GetElementType();
+    io.has_bias = has_bias;
+    if (has_bias) io.bias = ctx.GetInput(3).GetTensorTypeAndShapeInfo().GetShape();
+    const int64_t m = ValidateIo(io, p_, Format::kBytesPerK, kType, Format::kScaleName);
+    std::vector<int64_t> y_shape(io.a.begin(), io.a.end() - 1);
+    y_shape.push_back(p_.N);
+    auto y = ctx.GetOutput(0, y_shape);
+    if (m == 0) return;
+
+    const int device = a.GetTensorMemoryInfo().GetDeviceId();
+    if (sm_count_ == 0) CheckCuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device),
+                                  "cudaDeviceGetAttribute");
+    CudaCall call;
+    call.a = a.GetTensorRawData();
+    call.m = m;
+    call.b = static_cast<const uint8_t*>(b.GetTensorRawData());
+    call.scales = s.GetTensorRawData();
+    call.scale_type = io.scale_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? DType::kFloat : ToDType<kType>();
+    call.bias = has_bias ? ctx.GetInput(3).GetTensorRawData() : nullptr;
+    call.y = y.GetTensorMutableRawData();
+    call.type = ToDType<kType>();
+    call.p = p_;
+    call.stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    call.sm_count = sm_count_;
+    const CudaPlan plan = Format::Plan(call);
+
+    std::unique_ptr<void, std::function<void(void*)>> workspace(nullptr, [](void*) {});
+    if (plan.workspace_bytes > 0) {
+      Ort::MemoryInfo mem("Cuda", OrtDeviceAllocator, device, OrtMemTypeDefault);
+      OrtAllocator* alloc = ctx.GetAllocator(*mem);
+      if (alloc == nullptr) throw std::runtime_error("ORT gave no CUDA allocator for the split-K workspace");
+      void* raw = alloc->Alloc(alloc, plan.workspace_bytes);
+      if (raw == nullptr) throw std::runtime_error(Str("cannot allocate ", plan.workspace_bytes, " bytes of workspace"));
+      workspace = std::unique_ptr<void, std::function<void(void*)>>(raw, [alloc](void* ptr) {
+        alloc->Free(alloc, ptr);
+        Ort::GetApi().ReleaseAllocator(alloc);
+      });
+      call.workspace = static_cast<float*>(raw);
+    }
+    CheckCuda(Format::Launch(call, plan), Format::kOp);
+  }
+
+  DequantParams p_;
+  int sm_count_ = 0;
+};
+
+template <typename Format, ONNXTensorElementDataType kType>
+struct DequantMatMulCudaOp
+    : Ort::CustomOpBase<DequantMatMulCudaOp<Format, kType>, DequantMatMulCudaKernel<Format, kType>, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    return Guard(Format::kOp, [&] { *kernel = new DequantMatMulCudaKernel<Format, kType>(info); });
+  }
+  const char* GetName() const { return Format::kOp; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    if (i == 1) return Format::kBType;
+    if (i == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // float32 or A's type: checked in Compute
+    return kType;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                  : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t /*i*/) const { return kType; }
+};
+
+}  // namespace oco
