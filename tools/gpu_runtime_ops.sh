@@ -28,3 +28,12 @@ echo "built: $(ls passes/onnx_compress/runtime/lib)"
 timeout 300 python3 -m pytest -q -p no:cacheprovider -rs tests/onnx_compress/runtime 2>&1 | tee "$out/tests.log" | tail -25
 timeout 400 python3 -m tools.bench_runtime_ops --device cuda --json "$out/bench_cuda.json" ${BENCH_ARGS:-} 2>&1 \
   | tee "$out/bench.log" | tail -30
+# Per-op overhead floor: tiny layers, where the kernels take no time.
+timeout 120 python3 -m tools.bench_runtime_ops --device cuda --shapes 256x256 --m 1 16 --formats float nbits4 ours-nf4 \
+  --repeats 3 2>&1 | tee "$out/overhead.log" | tail -6
+# Kernel durations without ORT's overhead (if the profiler works here).
+if command -v ncu >/dev/null; then
+  timeout 200 ncu --metrics gpu__time_duration.sum -k 'regex:Gemv|Tc' python3 -m tools.profile_cuda_ops \
+    > "$out/ncu.log" 2>&1
+  grep -E "Kernel|gpu__time_duration|==PROF==|M=" "$out/ncu.log" | grep -v "^==PROF== Profiling" | tail -40
+fi

@@ -1,18 +1,18 @@
 // CUDA kernels shared by NF4MatMul and Int8MatMul (panel layout, see dequant_cpu.h).
 //
-// * GemvKernel (SIMT, fp32 accumulation): small M, and every M for float32 activations (kept
-//   exact: no tensor-core rounding). CTA = one panel (32 output channels) x a range of K
-//   blocks x up to MR rows of A; each lane decodes half a k-row (16 channels) of 16 k-rows the
-//   warp reads together (one coalesced 256/512-byte stretch of the panel), multiplies by the
-//   block's scales held in registers, and accumulates MR x 16 sums; lanes and warps are reduced
-//   at the end. Weight bytes are read exactly once.
-// * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): larger M. CTA tile
-//   BM x 128 (4 panels) x 32 along K, 3-stage cp.async pipeline for A and the packed weights;
-//   each lane decodes the B fragments it needs straight from the packed tile in shared memory
-//   (code -> codebook value x scale in fp32, rounded once to fp16/bf16), so dequantized weights
-//   never touch device memory. A fragments come from ldmatrix.
-// * Both split K across CTAs when the grid would not fill the GPU; partial sums then go to a
-//   float32 workspace and SplitReduceKernel adds them, the bias, and converts.
+// * GemvKernel (SIMT, fp32 accumulation): M <= 4, and every M for float32 activations (kept
+//   exact: no tensor-core rounding). CTA = one panel (32 output channels) x up to MR rows of A,
+//   16 warps taking 64-row chunks of K in turn; each lane decodes half a k-row (16 channels) of
+//   the 16 k-rows its warp reads together (one coalesced stretch of the panel), scales and
+//   accumulates MR x 16 sums; lanes and warps are reduced at the end. Weight bytes are read once.
+// * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M > 4. The CTA
+//   tile (BM x BN) and a split of K among its warps (WK groups, reduced in shared memory at the
+//   end) are chosen from M so that the grid fills the GPU without split-K across CTAs. A
+//   3-stage cp.async pipeline brings A and the packed weights; each stage's weights are decoded
+//   once by the whole CTA (code -> value x scale in fp32, rounded once to fp16/bf16) into a
+//   shared tile that ldmatrix feeds to the tensor cores: dequantized weights never reach device
+//   memory.
+// * One launch per call, no workspace.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -75,8 +75,13 @@ struct Nf4Decoder {
       out[12 + i] = lut[hi_word >> 4];
     }
   }
-  __device__ static __forceinline__ float Value(const uint8_t* row, int c, const float* lut) {
-    return lut[(row[c & 15] >> ((c >> 4) << 2)) & 15];
+  // Channels 16 * ch .. 16 * ch + 15 of one k-row (ch 0: low nibbles, 1: high nibbles).
+  __device__ static __forceinline__ void Row16(const uint8_t* row, int ch, const float* lut, float out[16]) {
+    const uint4 v = *reinterpret_cast<const uint4*>(row);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    const int shift = 4 * ch;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) out[j] = lut[(w[j / 4] >> (8 * (j % 4) + shift)) & 15];
   }
 };
 
@@ -90,8 +95,11 @@ struct Int8Decoder {
 #pragma unroll
     for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(static_cast<int8_t>((w[i / 4] >> (8 * (i % 4))) & 0xFF));
   }
-  __device__ static __forceinline__ float Value(const uint8_t* row, int c, const float*) {
-    return static_cast<float>(static_cast<int8_t>(row[c]));
+  __device__ static __forceinline__ void Row16(const uint8_t* row, int ch, const float*, float out[16]) {
+    const uint4 v = *reinterpret_cast<const uint4*>(row + 16 * ch);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 16; ++j) out[j] = static_cast<float>(static_cast<int8_t>((w[j / 4] >> (8 * (j % 4))) & 0xFF));
   }
 };
 
@@ -102,10 +110,6 @@ __constant__ float kNf4Lut[16] = {
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
 // ---- SIMT GEMV -----------------------------------------------------------------------------
-// K per unit of GEMV work: 64 rows, or the block when it is smaller (blocks are powers of two
-// >= 32, so a chunk never straddles two); per-channel weights (one block of K) are cut in 64s.
-__host__ __device__ inline int64_t GemvChunk(const Params& p) { return p.group < 64 ? p.group : 64; }
-
 template <typename T, typename S>
 struct KernelArgs {
   const T* a;
@@ -114,24 +118,26 @@ struct KernelArgs {
   const S* scales;
   const T* bias;
   T* y;
-  float* ws;
   Params p;
-  int64_t blocks_per_split;  // GEMV: K chunks per CTA;  TC: k tiles per CTA
-  int splits;
 };
 
+constexpr int kGemvWarps = 16;
+constexpr int64_t kGemvChunk = 64;  // K rows per unit of work (never straddles a >= 32 block)
+
 template <class Dec, typename T, typename S, int MR>
-__global__ void __launch_bounds__(128) GemvKernel(KernelArgs<T, S> g) {
+__global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) GemvKernel(KernelArgs<T, S> g) {
   __shared__ float lut[16];
-  __shared__ float red[4][MR][kPanel];
+  __shared__ float red[kGemvWarps][MR][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (Dec::kNeedsLut && threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
   __syncthreads();
   const Params& p = g.p;
-  const int64_t panel = blockIdx.x, split = blockIdx.y, m0 = static_cast<int64_t>(blockIdx.z) * MR;
+  const int64_t panel = blockIdx.x, m0 = static_cast<int64_t>(blockIdx.y) * MR;
   const int h = lane & 1, r = lane >> 1;
   const uint8_t* bpanel = g.b + panel * p.k_pad * Dec::kBytesPerK;
   const S* spanel = g.scales + panel * p.blocks * kPanel;
+  const int64_t chunk = p.group < kGemvChunk ? p.group : kGemvChunk;
+  const int64_t chunks = (p.k_pad + chunk - 1) / chunk;
 
   float acc[MR][16];
 #pragma unroll
@@ -139,10 +145,7 @@ __global__ void __launch_bounds__(128) GemvKernel(KernelArgs<T, S> g) {
 #pragma unroll
     for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
 
-  // Work comes in chunks of K that never straddle a scale block (GemvChunk); warps take turns.
-  const int64_t chunk = GemvChunk(p), chunks = (p.k_pad + chunk - 1) / chunk;
-  const int64_t c0 = split * g.blocks_per_split, c1 = min(chunks, c0 + g.blocks_per_split);
-  for (int64_t ci = c0 + warp; ci < c1; ci += 4) {
+  for (int64_t ci = warp; ci < chunks; ci += kGemvWarps) {
     const int64_t kbeg = ci * chunk, kend = min(p.k_pad, kbeg + chunk), blk = kbeg / p.group;
     float s[16];
 #pragma unroll
@@ -151,13 +154,14 @@ __global__ void __launch_bounds__(128) GemvKernel(KernelArgs<T, S> g) {
     for (int64_t k = kbeg + r; k < kend; k += 16) {
       float w[16];
       Dec::Half(bpanel + k * Dec::kBytesPerK, h, lut, w);
+      float av[MR];
 #pragma unroll
-      for (int j = 0; j < 16; ++j) w[j] *= s[j];
+      for (int mi = 0; mi < MR; ++mi) av[mi] = (m0 + mi < g.m && k < p.K) ? ToF(g.a[(m0 + mi) * p.K + k]) : 0.0f;
 #pragma unroll
-      for (int mi = 0; mi < MR; ++mi) {
-        const float av = (m0 + mi < g.m && k < p.K) ? ToF(g.a[(m0 + mi) * p.K + k]) : 0.0f;
+      for (int j = 0; j < 16; ++j) {
+        const float ws = w[j] * s[j];
 #pragma unroll
-        for (int j = 0; j < 16; ++j) acc[mi][j] = fmaf(w[j], av, acc[mi][j]);
+        for (int mi = 0; mi < MR; ++mi) acc[mi][j] = fmaf(ws, av[mi], acc[mi][j]);
       }
     }
   }
@@ -178,22 +182,10 @@ __global__ void __launch_bounds__(128) GemvKernel(KernelArgs<T, S> g) {
     const int mi = t / kPanel, c = t % kPanel;
     const int64_t n = panel * kPanel + c, row = m0 + mi;
     if (n >= p.N || row >= g.m) continue;
-    const float v = red[0][mi][c] + red[1][mi][c] + red[2][mi][c] + red[3][mi][c];
-    if (g.splits == 1)
-      g.y[row * p.N + n] = FromF<T>(v + (g.bias ? ToF(g.bias[n]) : 0.0f));
-    else
-      g.ws[(split * g.m + row) * p.N + n] = v;
-  }
-}
-
-template <typename T>
-__global__ void SplitReduceKernel(const float* ws, int splits, int64_t m, int64_t n, const T* bias, T* y) {
-  const int64_t total = m * n;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v = bias ? ToF(bias[i % n]) : 0.0f;
-    for (int s = 0; s < splits; ++s) v += ws[s * total + i];
-    y[i] = FromF<T>(v);
+    float v = g.bias ? ToF(g.bias[n]) : 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGemvWarps; ++w) v += red[w][mi][c];
+    g.y[row * p.N + n] = FromF<T>(v);
   }
 }
 
@@ -214,136 +206,194 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t r[4], const void* smem) {
                : "r"(s));
 }
 
-__device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], const uint32_t b[2], __half*) {
+__device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __half*) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], const uint32_t b[2], __nv_bfloat16*) {
+__device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1, __nv_bfloat16*) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-constexpr int kTcBn = 128, kTcBk = 32, kTcStages = 3, kTcThreads = 256;
+constexpr int kTcThreads = 256, kTcStages = 3, kTcBkw = 32;  // k rows per warp group per stage
 
-template <class Dec, int BM>
-struct TcShape {
-  static constexpr int WM = BM >= 32 ? 2 : 1;       // warps along M
-  static constexpr int WN = 8 / WM;                 // warps along N
-  static constexpr int WTM = BM / WM, WTN = kTcBn / WN;
-  static constexpr int MT = WTM / 16, NT = WTN / 8;
-  static constexpr int kAStride = kTcBk + 8;        // halves per smem row of A (16B-aligned, no conflicts)
-  static constexpr int kBBytes = (kTcBn / kPanel) * kTcBk * Dec::kBytesPerK;
+// CTA tile BM x BN; 8 warps = WM x WN x WK: WK groups of warps take different k rows of each
+// stage and are summed in shared memory at the end.
+template <class Dec, int BM_, int BN_, int WM_, int WN_, int WK_>
+struct TcCfg {
+  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, WK = WK_;
+  static_assert(WM * WN * WK == 8, "8 warps");
+  static constexpr int WTM = BM / WM, WTN = BN / WN, MT = WTM / 16, NT = WTN / 8;
+  static_assert(MT >= 1 && NT % 2 == 0, "warp tile");
+  static constexpr int BKS = WK * kTcBkw;          // k rows per stage
+  static constexpr int kRow = BKS + 8;             // halves per smem row of A / decoded B (no bank conflicts)
+  static constexpr int kAElems = BM * kRow;        // per stage
+  static constexpr int kPackedBytes = (BN / kPanel) * BKS * Dec::kBytesPerK;  // per stage
+  static constexpr int kDecElems = BN * kRow;
+  static constexpr size_t kSmem = (kTcStages * kAElems + kDecElems) * 2 + kTcStages * kPackedBytes;
+  static constexpr size_t kRed = static_cast<size_t>(WK > 1 ? WK : 0) * BM * BN * 4;  // reuses the pipeline space
+  static constexpr size_t kSmemTotal = kSmem > kRed ? kSmem : kRed;
 };
 
-// A must be 16-byte aligned per row (K % 8 == 0) for the cp.async path (the host checks).
-template <class Dec, typename T, typename S, int BM>
+template <class Cfg, class Dec, typename T, typename S>
 __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
-  using Shape = TcShape<Dec, BM>;
-  __shared__ __align__(16) T as[kTcStages][BM][Shape::kAStride];
-  __shared__ __align__(16) uint8_t bs[kTcStages][Shape::kBBytes];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* as = reinterpret_cast<T*>(smem_raw);                          // [stages][BM][kRow]
+  T* bd = as + kTcStages * Cfg::kAElems;                           // [BN][kRow] decoded B (n-major)
+  uint8_t* bp = reinterpret_cast<uint8_t*>(bd + Cfg::kDecElems);   // [stages][BN/32][BKS][bytes]
   __shared__ float lut[16];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   if (Dec::kNeedsLut && tid < 16) lut[tid] = kNf4Lut[tid];
 
   const Params& p = g.p;
-  const int64_t panel0 = static_cast<int64_t>(blockIdx.x) * (kTcBn / kPanel);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
-  const int64_t k_tiles = (p.k_pad + kTcBk - 1) / kTcBk;
-  const int64_t kt0 = blockIdx.z * g.blocks_per_split, kt1 = min(k_tiles, kt0 + g.blocks_per_split);
+  const int64_t panel0 = static_cast<int64_t>(blockIdx.x) * (Cfg::BN / kPanel);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * Cfg::BM;
+  const int64_t stages_total = (p.k_pad + Cfg::BKS - 1) / Cfg::BKS;
 
-  auto load_stage = [&](int slot, int64_t kt) {
-    const int64_t k0 = kt * kTcBk;
-    // A: BM rows x 32 halves = BM x 4 chunks of 16 bytes
-    for (int c = tid; c < BM * 4; c += kTcThreads) {
-      const int row = c >> 2, col = (c & 3) * 8;
+  auto load_stage = [&](int slot, int64_t st) {
+    const int64_t k0 = st * Cfg::BKS;
+    T* a_dst = as + slot * Cfg::kAElems;
+    constexpr int kAChunksPerRow = Cfg::BKS / 8;
+    for (int c = tid; c < Cfg::BM * kAChunksPerRow; c += kTcThreads) {
+      const int row = c / kAChunksPerRow, col = (c % kAChunksPerRow) * 8;
       const int64_t gm = m0 + row, gk = k0 + col;
       const bool valid = gm < g.m && gk < p.K;
-      CpAsync16(&as[slot][row][col], valid ? g.a + gm * p.K + gk : g.a, valid);
+      CpAsync16(a_dst + row * Cfg::kRow + col, valid ? g.a + gm * p.K + gk : g.a, valid);
     }
-    // B: 4 panels x 32 k-rows x bytes_per_k
+    uint8_t* b_dst = bp + slot * Cfg::kPackedBytes;
     constexpr int kRowChunks = Dec::kBytesPerK / 16;
-    for (int c = tid; c < Shape::kBBytes / 16; c += kTcThreads) {
-      const int pi = c / (kTcBk * kRowChunks), rem = c % (kTcBk * kRowChunks);
+    for (int c = tid; c < Cfg::kPackedBytes / 16; c += kTcThreads) {
+      const int pi = c / (Cfg::BKS * kRowChunks), rem = c % (Cfg::BKS * kRowChunks);
       const int row = rem / kRowChunks, part = rem % kRowChunks;
       const int64_t panel = panel0 + pi, k = k0 + row;
       const bool valid = panel < p.panels && k < p.k_pad;
       const uint8_t* src = g.b + (panel * p.k_pad + k) * Dec::kBytesPerK + part * 16;
-      CpAsync16(&bs[slot][c * 16], valid ? src : g.b, valid);
+      CpAsync16(b_dst + c * 16, valid ? src : g.b, valid);
     }
   };
 
-  const int wm = warp / Shape::WN, wn = warp % Shape::WN;
-  float acc[Shape::MT][Shape::NT][4];
+  // Decode one stage of packed weights into bd: work items are (panel, pair of k rows, half of
+  // the 32 channels); each writes 16 half2 values (k, k+1) of its channels.
+  auto decode_stage = [&](int slot, int64_t st) {
+    const uint8_t* src = bp + slot * Cfg::kPackedBytes;
+    constexpr int kItems = (Cfg::BN / kPanel) * (Cfg::BKS / 2) * 2;
+    for (int it = tid; it < kItems; it += kTcThreads) {
+      const int ch = it & 1, pair = (it >> 1) % (Cfg::BKS / 2), pi = (it >> 1) / (Cfg::BKS / 2);
+      const int r0 = 2 * pair;
+      const int64_t panel = panel0 + pi, k = st * Cfg::BKS + r0;
+      const int64_t blk = min(k / p.group, p.blocks - 1);
+      const bool live = panel < p.panels;
+      const uint8_t* row0 = src + (pi * Cfg::BKS + r0) * Dec::kBytesPerK;
+      float v0[16], v1[16];
+      Dec::Row16(row0, ch, lut, v0);
+      Dec::Row16(row0 + Dec::kBytesPerK, ch, lut, v1);
+      const S* srow = g.scales + (panel * p.blocks + blk) * kPanel + 16 * ch;
 #pragma unroll
-  for (int i = 0; i < Shape::MT; ++i)
+      for (int j = 0; j < 16; ++j) {
+        const float sc = live ? ToF(srow[j]) : 0.0f;
+        *reinterpret_cast<uint32_t*>(bd + (pi * kPanel + 16 * ch + j) * Cfg::kRow + r0) =
+            Pack2(v0[j] * sc, v1[j] * sc, static_cast<T*>(nullptr));
+      }
+    }
+  };
+
+  const int wk = warp / (Cfg::WM * Cfg::WN), wmn = warp % (Cfg::WM * Cfg::WN);
+  const int wm = wmn / Cfg::WN, wn = wmn % Cfg::WN;
+  float acc[Cfg::MT][Cfg::NT][4];
 #pragma unroll
-    for (int j = 0; j < Shape::NT; ++j)
+  for (int i = 0; i < Cfg::MT; ++i)
+#pragma unroll
+    for (int j = 0; j < Cfg::NT; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
   for (int s = 0; s < kTcStages - 1; ++s) {
-    if (kt0 + s < kt1) load_stage(s, kt0 + s);
+    if (s < stages_total) load_stage(s, s);
     CpAsyncCommit();
   }
-  __syncthreads();  // the LUT
 
-  const int t4 = lane & 3, g8 = lane >> 2;
-  for (int64_t kt = kt0; kt < kt1; ++kt) {
+  for (int64_t st = 0; st < stages_total; ++st) {
+    const int slot = static_cast<int>(st % kTcStages);
     CpAsyncWait<kTcStages - 2>();
-    __syncthreads();
-    const int slot = static_cast<int>((kt - kt0) % kTcStages);
+    __syncthreads();  // stage st landed; everyone is done reading bd of the previous stage
+    decode_stage(slot, st);
+    const int64_t next = st + kTcStages - 1;
+    if (next < stages_total) load_stage(static_cast<int>(next % kTcStages), next);
+    CpAsyncCommit();
+    __syncthreads();  // bd ready
+    const T* a_s = as + slot * Cfg::kAElems;
 #pragma unroll
-    for (int kk = 0; kk < kTcBk / 16; ++kk) {
-      const int64_t kbase = kt * kTcBk + kk * 16;  // all 16 rows lie in one scale block
-      const int64_t blk = min(kbase / p.group, p.blocks - 1);
-      uint32_t afrag[Shape::MT][4];
+    for (int kk = 0; kk < kTcBkw / 16; ++kk) {
+      const int kc = wk * kTcBkw + kk * 16;
+      uint32_t af[Cfg::MT][4];
 #pragma unroll
-      for (int i = 0; i < Shape::MT; ++i)
-        LdMatrixX4(afrag[i], &as[slot][wm * Shape::WTM + i * 16 + (lane & 15)][kk * 16 + (lane >> 4) * 8]);
+      for (int i = 0; i < Cfg::MT; ++i)
+        LdMatrixX4(af[i], a_s + (wm * Cfg::WTM + i * 16 + (lane & 15)) * Cfg::kRow + kc + (lane >> 4) * 8);
 #pragma unroll
-      for (int j = 0; j < Shape::NT; ++j) {
-        const int n_local = wn * Shape::WTN + j * 8 + g8;  // 0..127
-        const int pi = n_local / kPanel, c = n_local % kPanel;
-        const int64_t panel = panel0 + pi;
-        const float sc = panel < p.panels ? ToF(g.scales[(panel * p.blocks + blk) * kPanel + c]) : 0.0f;
-        const uint8_t* rows = &bs[slot][(pi * kTcBk + kk * 16) * Dec::kBytesPerK];
-        const float w0 = Dec::Value(rows + (2 * t4) * Dec::kBytesPerK, c, lut) * sc;
-        const float w1 = Dec::Value(rows + (2 * t4 + 1) * Dec::kBytesPerK, c, lut) * sc;
-        const float w2 = Dec::Value(rows + (2 * t4 + 8) * Dec::kBytesPerK, c, lut) * sc;
-        const float w3 = Dec::Value(rows + (2 * t4 + 9) * Dec::kBytesPerK, c, lut) * sc;
-        const uint32_t bfrag[2] = {Pack2(w0, w1, static_cast<T*>(nullptr)), Pack2(w2, w3, static_cast<T*>(nullptr))};
+      for (int j = 0; j < Cfg::NT; j += 2) {
+        uint32_t bf[4];  // n8 tile j: (bf[0], bf[1]); tile j + 1: (bf[2], bf[3])
+        const int n = wn * Cfg::WTN + j * 8 + (lane & 7) + ((lane >> 4) & 1) * 8;
+        LdMatrixX4(bf, bd + n * Cfg::kRow + kc + ((lane >> 3) & 1) * 8);
 #pragma unroll
-        for (int i = 0; i < Shape::MT; ++i) Mma(acc[i][j], afrag[i], bfrag, static_cast<T*>(nullptr));
+        for (int i = 0; i < Cfg::MT; ++i) {
+          Mma(acc[i][j], af[i], bf[0], bf[1], static_cast<T*>(nullptr));
+          Mma(acc[i][j + 1], af[i], bf[2], bf[3], static_cast<T*>(nullptr));
+        }
       }
     }
-    const int64_t next = kt + kTcStages - 1;
-    if (next < kt1) load_stage(static_cast<int>((next - kt0) % kTcStages), next);
-    CpAsyncCommit();
   }
   CpAsyncWait<0>();
 
-  // Epilogue: c0,c1 at (row g8, cols 2*t4, 2*t4+1), c2,c3 at row g8 + 8.
+  const int t4 = lane & 3, g8 = lane >> 2;
+  if constexpr (Cfg::WK > 1) {
+    __syncthreads();  // the pipeline buffers become the reduction buffer
+    float* red = reinterpret_cast<float*>(smem_raw);  // [WK][BM][BN]
 #pragma unroll
-  for (int i = 0; i < Shape::MT; ++i)
+    for (int i = 0; i < Cfg::MT; ++i)
 #pragma unroll
-    for (int j = 0; j < Shape::NT; ++j)
+      for (int j = 0; j < Cfg::NT; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t row = m0 + wm * Shape::WTM + i * 16 + g8 + (e >= 2 ? 8 : 0);
-        const int64_t n = panel0 * kPanel + wn * Shape::WTN + j * 8 + 2 * t4 + (e & 1);
-        if (row >= g.m || n >= p.N) continue;
-        if (g.splits == 1)
-          g.y[row * p.N + n] = FromF<T>(acc[i][j][e] + (g.bias ? ToF(g.bias[n]) : 0.0f));
-        else
-          g.ws[(static_cast<int64_t>(blockIdx.z) * g.m + row) * p.N + n] = acc[i][j][e];
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int row = wm * Cfg::WTM + i * 16 + g8 + (e >= 2 ? 8 : 0);
+          const int col = wn * Cfg::WTN + j * 8 + 2 * t4 + (e & 1);
+          red[(wk * Cfg::BM + row) * Cfg::BN + col] = acc[i][j][e];
+        }
+    __syncthreads();
+    for (int t = tid; t < Cfg::BM * Cfg::BN; t += kTcThreads) {
+      const int row = t / Cfg::BN, col = t % Cfg::BN;
+      const int64_t gm = m0 + row, n = panel0 * kPanel + col;
+      if (gm >= g.m || n >= p.N) continue;
+      float v = g.bias ? ToF(g.bias[n]) : 0.0f;
+#pragma unroll
+      for (int w = 0; w < Cfg::WK; ++w) v += red[(w * Cfg::BM + row) * Cfg::BN + col];
+      g.y[gm * p.N + n] = FromF<T>(v);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < Cfg::MT; ++i)
+#pragma unroll
+      for (int j = 0; j < Cfg::NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t gm = m0 + wm * Cfg::WTM + i * 16 + g8 + (e >= 2 ? 8 : 0);
+          const int64_t n = panel0 * kPanel + wn * Cfg::WTN + j * 8 + 2 * t4 + (e & 1);
+          if (gm >= g.m || n >= p.N) continue;
+          g.y[gm * p.N + n] = FromF<T>(acc[i][j][e] + (g.bias ? ToF(g.bias[n]) : 0.0f));
+        }
+  }
 }
+
+// The four tile shapes, by M: small M splits K among warps instead of across CTAs.
+template <class Dec> using Tc16 = TcCfg<Dec, 16, 32, 1, 1, 8>;
+template <class Dec> using Tc32 = TcCfg<Dec, 32, 32, 2, 1, 4>;
+template <class Dec> using Tc64 = TcCfg<Dec, 64, 64, 2, 2, 2>;
+template <class Dec> using Tc128 = TcCfg<Dec, 128, 64, 4, 2, 1>;
 
 // ---- planning and launching ----------------------------------------------------------------
 inline CudaPlan Plan(const CudaCall& call) {
@@ -351,21 +401,24 @@ inline CudaPlan Plan(const CudaCall& call) {
   CudaPlan plan;
   const bool aligned = p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
   plan.tensor_cores = call.type != DType::kFloat && call.m > 4 && aligned;
-  if (plan.tensor_cores) {
+  if (plan.tensor_cores)
     plan.bm = call.m <= 16 ? 16 : call.m <= 32 ? 32 : call.m <= 64 ? 64 : 128;
-    const int64_t tiles = ((p.panels + 3) / 4) * ((call.m + plan.bm - 1) / plan.bm);
-    const int64_t k_tiles = (p.k_pad + kTcBk - 1) / kTcBk;
-    const int64_t want = (2 * call.sm_count + tiles - 1) / tiles;  // about two CTAs per SM
-    plan.splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, k_tiles / 8)));
-  } else {
+  else
     plan.mr = call.m >= 4 ? 4 : call.m >= 2 ? 2 : 1;
-    const int64_t ctas = p.panels * ((call.m + plan.mr - 1) / plan.mr);
-    const int64_t chunks = (p.k_pad + GemvChunk(MakeParams(p)) - 1) / GemvChunk(MakeParams(p));
-    const int64_t want = (8 * call.sm_count + ctas - 1) / ctas;  // 128-thread CTAs: several per SM
-    plan.splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, chunks / 8)));
-  }
-  plan.workspace_bytes = plan.splits > 1 ? static_cast<size_t>(plan.splits) * call.m * p.N * sizeof(float) : 0;
   return plan;
+}
+
+template <class Cfg, class Dec, typename T, typename S>
+cudaError_t LaunchTc(const KernelArgs<T, S>& g, cudaStream_t stream) {
+  // More than 48 KiB of dynamic shared memory must be allowed explicitly, once per kernel.
+  static const cudaError_t attr = cudaFuncSetAttribute(TcKernel<Cfg, Dec, T, S>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       static_cast<int>(Cfg::kSmemTotal));
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(static_cast<unsigned>((g.p.panels * kPanel + Cfg::BN - 1) / Cfg::BN),
+                  static_cast<unsigned>((g.m + Cfg::BM - 1) / Cfg::BM));
+  TcKernel<Cfg, Dec, T, S><<<grid, kTcThreads, Cfg::kSmemTotal, stream>>>(g);
+  return cudaGetLastError();
 }
 
 template <class Dec, typename T, typename S>
@@ -377,41 +430,25 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
   g.scales = static_cast<const S*>(call.scales);
   g.bias = static_cast<const T*>(call.bias);
   g.y = static_cast<T*>(call.y);
-  g.ws = call.workspace;
   g.p = MakeParams(call.p);
-  g.splits = plan.splits;
-  const DequantParams& p = call.p;
   if (plan.tensor_cores) {
     if constexpr (std::is_same_v<T, float>) {
-      return cudaErrorInvalidValue;  // never planned
+      return cudaErrorInvalidValue;  // never planned: float32 stays on the exact SIMT path
     } else {
-      const int64_t k_tiles = (p.k_pad + kTcBk - 1) / kTcBk;
-      g.blocks_per_split = (k_tiles + plan.splits - 1) / plan.splits;
-      const dim3 grid(static_cast<unsigned>((p.panels + 3) / 4), static_cast<unsigned>((call.m + plan.bm - 1) / plan.bm),
-                      static_cast<unsigned>(plan.splits));
       switch (plan.bm) {
-        case 16: TcKernel<Dec, T, S, 16><<<grid, kTcThreads, 0, call.stream>>>(g); break;
-        case 32: TcKernel<Dec, T, S, 32><<<grid, kTcThreads, 0, call.stream>>>(g); break;
-        case 64: TcKernel<Dec, T, S, 64><<<grid, kTcThreads, 0, call.stream>>>(g); break;
-        default: TcKernel<Dec, T, S, 128><<<grid, kTcThreads, 0, call.stream>>>(g); break;
+        case 16: return LaunchTc<Tc16<Dec>, Dec, T, S>(g, call.stream);
+        case 32: return LaunchTc<Tc32<Dec>, Dec, T, S>(g, call.stream);
+        case 64: return LaunchTc<Tc64<Dec>, Dec, T, S>(g, call.stream);
+        default: return LaunchTc<Tc128<Dec>, Dec, T, S>(g, call.stream);
       }
     }
-  } else {
-    const int64_t chunks = (p.k_pad + GemvChunk(g.p) - 1) / GemvChunk(g.p);
-    g.blocks_per_split = (chunks + plan.splits - 1) / plan.splits;
-    const dim3 grid(static_cast<unsigned>(p.panels), static_cast<unsigned>(plan.splits),
-                    static_cast<unsigned>((call.m + plan.mr - 1) / plan.mr));
-    switch (plan.mr) {
-      case 1: GemvKernel<Dec, T, S, 1><<<grid, 128, 0, call.stream>>>(g); break;
-      case 2: GemvKernel<Dec, T, S, 2><<<grid, 128, 0, call.stream>>>(g); break;
-      default: GemvKernel<Dec, T, S, 4><<<grid, 128, 0, call.stream>>>(g); break;
-    }
   }
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || plan.splits == 1) return err;
-  const int64_t total = call.m * p.N;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 4 * call.sm_count));
-  SplitReduceKernel<T><<<blocks, 256, 0, call.stream>>>(call.workspace, plan.splits, call.m, p.N, g.bias, g.y);
+  const dim3 grid(static_cast<unsigned>(call.p.panels), static_cast<unsigned>((call.m + plan.mr - 1) / plan.mr));
+  switch (plan.mr) {
+    case 1: GemvKernel<Dec, T, S, 1><<<grid, kGemvWarps * 32, 0, call.stream>>>(g); break;
+    case 2: GemvKernel<Dec, T, S, 2><<<grid, kGemvWarps * 32, 0, call.stream>>>(g); break;
+    default: GemvKernel<Dec, T, S, 4><<<grid, kGemvWarps * 32, 0, call.stream>>>(g); break;
+  }
   return cudaGetLastError();
 }
 

@@ -24,18 +24,15 @@ struct CudaCall {
   void* y = nullptr;
   DType type = DType::kHalf;       // of A, bias and Y
   DequantParams p;
-  float* workspace = nullptr;      // split-K partial sums (WorkspaceBytes() of them)
   cudaStream_t stream = nullptr;
   int sm_count = 132;
 };
 
-// How a call is run: which kernel, with how many K splits.
+// How a call is run: which kernel and tile.
 struct CudaPlan {
   bool tensor_cores = false;
-  int bm = 0;       // rows per CTA of the tensor-core kernel
-  int mr = 0;       // rows of A per CTA of the SIMT kernel
-  int splits = 1;   // > 1: partial sums go to the workspace and a second kernel adds them up
-  size_t workspace_bytes = 0;
+  int bm = 0;  // rows per CTA of the tensor-core kernel
+  int mr = 0;  // rows of A per CTA of the SIMT kernel
 };
 
 CudaPlan PlanNf4(const CudaCall& call);

@@ -1,13 +1,10 @@
 // ORT glue of the CUDA kernels (plain C++; the kernels are in dequant_cuda.cuh): validates
-// inputs exactly as the CPU kernels do, takes ORT's compute stream, allocates the split-K
-// workspace from ORT's CUDA allocator (stream-ordered: freed right after the launch, reused only
-// by later work on the same stream), and reports every CUDA error as an ORT error status.
+// inputs exactly as the CPU kernels do, launches one kernel on ORT's compute stream, and reports
+// every CUDA error as an ORT error status.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
-#include <functional>
-#include <memory>
 #include <vector>
 
 #include "common/dequant_cuda.h"
@@ -73,19 +70,6 @@ class DequantMatMulCudaKernel {
     call.sm_count = sm_count_;
     const CudaPlan plan = Format::Plan(call);
 
-    std::unique_ptr<void, std::function<void(void*)>> workspace(nullptr, [](void*) {});
-    if (plan.workspace_bytes > 0) {
-      Ort::MemoryInfo mem("Cuda", OrtDeviceAllocator, device, OrtMemTypeDefault);
-      OrtAllocator* alloc = ctx.GetAllocator(*mem);
-      if (alloc == nullptr) throw std::runtime_error("ORT gave no CUDA allocator for the split-K workspace");
-      void* raw = alloc->Alloc(alloc, plan.workspace_bytes);
-      if (raw == nullptr) throw std::runtime_error(Str("cannot allocate ", plan.workspace_bytes, " bytes of workspace"));
-      workspace = std::unique_ptr<void, std::function<void(void*)>>(raw, [alloc](void* ptr) {
-        alloc->Free(alloc, ptr);
-        Ort::GetApi().ReleaseAllocator(alloc);
-      });
-      call.workspace = static_cast<float*>(raw);
-    }
     CheckCuda(Format::Launch(call, plan), Format::kOp);
   }
 
