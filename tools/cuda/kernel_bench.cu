@@ -1,0 +1,227 @@
+// Standalone benchmark and check of the NF4MatMul / Int8MatMul CUDA kernels, without ONNX Runtime:
+// the kernels of runtime_ops/src/common/dequant_cuda.cuh against cuBLAS fp16 GEMM (the anchor
+// ORT's fp16 MatMul uses), on the GPU machine, in one call:
+//
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -I runtime_ops/src -I <ORT headers> \
+//        tools/cuda/kernel_bench.cu -lcublas -o /tmp/kernel_bench && /tmp/kernel_bench
+//
+// Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
+// Each result is checked against cuBLAS on the same dequantized weights (float16 relative
+// error). Times are CUDA-event medians of kernel launches alone: ORT's per-op overhead is not in
+// them (tools/bench_runtime_ops.py measures through ORT).
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/dequant_cuda.cuh"
+
+#define CK(x)                                                                                     \
+  do {                                                                                            \
+    cudaError_t e_ = (x);                                                                         \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));     \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+#define CB(x)                                                                                     \
+  do {                                                                                            \
+    cublasStatus_t s_ = (x);                                                                      \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                            \
+      std::fprintf(stderr, "%s:%d %s: cublas status %d\n", __FILE__, __LINE__, #x, int(s_));      \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+using oco::CudaCall;
+using oco::CudaPlan;
+using oco::DequantParams;
+using oco::DType;
+
+// Dequantize the packed panel layout to a row-major fp16 W [K, N] (the reference for cuBLAS).
+template <class Dec>
+__global__ void DequantKernel(const uint8_t* b, const __half* scales, DequantParams p, __half* w) {
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = oco::cuda::kNf4Lut[threadIdx.x];
+  __syncthreads();
+  const int64_t total = p.K * p.N;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = i / p.N, n = i % p.N, panel = n / 32, c = n % 32;
+    float v[32];
+    typename Dec::Row row = Dec::LoadRow(b + (panel * p.k_pad + k) * Dec::kBytesPerK);
+    Dec::Decode(row, lut, v);
+    w[i] = __float2half(v[c] * __half2float(scales[(panel * p.blocks + k / p.group) * 32 + c]));
+  }
+}
+
+__global__ void FillHalf(__half* x, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u1 = ((z & 0xFFFFFF) + 1) / 16777217.0f, u2 = ((z >> 24) & 0xFFFFFF) / 16777216.0f;
+    x[i] = __float2half(scale * sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2));
+  }
+}
+
+__global__ void FillBytes(uint8_t* x, int64_t n, uint64_t seed, int int8_gauss) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 31;
+    x[i] = int8_gauss ? uint8_t(int8_t(int(z % 255) - 127)) : uint8_t(z & 0xFF);
+  }
+}
+
+template <typename F>
+float MedianUs(F&& fn, int iters, cudaStream_t stream) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) fn(i);
+  std::vector<float> t;
+  for (int r = 0; r < 7; ++r) {
+    CK(cudaEventRecord(a, stream));
+    for (int i = 0; i < iters; ++i) fn(i);
+    CK(cudaEventRecord(b, stream));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms * 1000.0f / iters);
+  }
+  std::sort(t.begin(), t.end());
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  return t[t.size() / 2];
+}
+
+struct Shape {
+  int64_t k, n;
+};
+
+template <class Dec>
+void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream, int sms, float copy_bw,
+         std::vector<Shape> shapes, std::vector<int> ms) {
+  constexpr int kCopies = 4;  // weights of 4 layers: beyond L2
+  for (const Shape& sh : shapes) {
+    DequantParams p = DequantParams::Make(sh.k, sh.n, block);
+    const int64_t b_bytes = p.panels * p.k_pad * Dec::kBytesPerK, s_elems = p.panels * p.blocks * 32;
+    std::vector<uint8_t*> bs(kCopies);
+    std::vector<__half*> ss(kCopies);
+    for (int c = 0; c < kCopies; ++c) {
+      CK(cudaMalloc(&bs[c], b_bytes));
+      CK(cudaMalloc(&ss[c], s_elems * 2));
+      FillBytes<<<1024, 256, 0, stream>>>(bs[c], b_bytes, 1234 + c, Dec::kBytesPerK == 32);
+      FillHalf<<<1024, 256, 0, stream>>>(ss[c], s_elems, 99 + c, 0.02f);
+    }
+    __half *w_ref, *w16[2], *a, *y, *y_ref;
+    CK(cudaMalloc(&w_ref, p.K * p.N * 2));
+    for (auto& w : w16) {
+      CK(cudaMalloc(&w, p.K * p.N * 2));
+      FillHalf<<<1024, 256, 0, stream>>>(w, p.K * p.N, 7, 0.02f);
+    }
+    const int64_t max_m = 1024;
+    CK(cudaMalloc(&a, max_m * p.K * 2));
+    CK(cudaMalloc(&y, max_m * p.N * 2));
+    CK(cudaMalloc(&y_ref, max_m * p.N * 2));
+    FillHalf<<<1024, 256, 0, stream>>>(a, max_m * p.K, 5, 1.0f);
+    DequantKernel<Dec><<<2048, 256, 0, stream>>>(bs[0], ss[0], p, w_ref);
+    CK(cudaGetLastError());
+    const double weight_bytes = double(b_bytes) + s_elems * 2;
+    for (int m : ms) {
+      CudaCall call;
+      call.a = a;
+      call.m = m;
+      call.scale_type = DType::kHalf;
+      call.type = DType::kHalf;
+      call.p = p;
+      call.stream = stream;
+      call.sm_count = sms;
+      const CudaPlan plan = oco::cuda::Plan(call);
+      auto ours = [&](int i) {
+        call.b = bs[i % kCopies];
+        call.scales = ss[i % kCopies];
+        call.y = y;
+        CK(oco::cuda::Launch<Dec>(call, plan));
+      };
+      // correctness against cuBLAS on the same dequantized weights (copy 0)
+      ours(0);
+      const float one = 1.0f, zero = 0.0f;
+      CB(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(p.N), m, int(p.K), &one, w_ref, CUDA_R_16F, int(p.N), a,
+                      CUDA_R_16F, int(p.K), &zero, y_ref, CUDA_R_16F, int(p.N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      CK(cudaStreamSynchronize(stream));
+      std::vector<__half> h(m * p.N), hr(m * p.N);
+      CK(cudaMemcpy(h.data(), y, m * p.N * 2, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(hr.data(), y_ref, m * p.N * 2, cudaMemcpyDeviceToHost));
+      double num = 0, den = 0;
+      bool finite = true;
+      for (int64_t i = 0; i < m * p.N; ++i) {
+        const double u = __half2float(h[i]), v = __half2float(hr[i]);
+        finite &= std::isfinite(u);
+        num += (u - v) * (u - v);
+        den += v * v;
+      }
+      const double rel = std::sqrt(num / den);
+      const float t_ours = MedianUs(ours, 20, stream);
+      auto cublas = [&](int i) {
+        CB(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(p.N), m, int(p.K), &one, w16[i % 2], CUDA_R_16F,
+                        int(p.N), a, CUDA_R_16F, int(p.K), &zero, y_ref, CUDA_R_16F, int(p.N), CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT));
+      };
+      const float t_fp16 = MedianUs(cublas, 20, stream);
+      const char* kernel = plan.tensor_cores ? "tc" : "gemv";
+      std::printf("%-5s %5lldx%-5lld M=%-5d %-4s bm=%-4d ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
+                  "rel err %.1e%s\n",
+                  name, (long long)p.K, (long long)p.N, m, kernel, plan.bm, t_ours, t_fp16, t_fp16 / t_ours,
+                  weight_bytes / t_ours / 1e3, 100.0 * weight_bytes / (t_ours * 1e-6) / copy_bw, rel,
+                  (finite && rel < 2e-3) ? "" : "  WRONG");
+      std::fflush(stdout);
+    }
+    for (int c = 0; c < kCopies; ++c) {
+      CK(cudaFree(bs[c]));
+      CK(cudaFree(ss[c]));
+    }
+    for (auto* ptr : {w_ref, w16[0], w16[1], a, y, y_ref}) CK(cudaFree(ptr));
+  }
+}
+
+int main(int argc, char** argv) {
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t stream;
+  CK(cudaStreamCreate(&stream));
+  cublasHandle_t handle;
+  CB(cublasCreate(&handle));
+  CB(cublasSetStream(handle, stream));
+  // copy bandwidth: 1 GiB device to device, read + write
+  void *src, *dst;
+  const size_t bytes = size_t(1) << 30;
+  CK(cudaMalloc(&src, bytes));
+  CK(cudaMalloc(&dst, bytes));
+  const float copy_us = MedianUs([&](int) { CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream)); }, 5,
+                                 stream);
+  const float copy_bw = 2.0f * bytes / (copy_us * 1e-6f);
+  CK(cudaFree(src));
+  CK(cudaFree(dst));
+  std::printf("%s, %d SMs, copy bandwidth %.2f TB/s (read + write)\n", prop.name, prop.multiProcessorCount, copy_bw / 1e12);
+  // kernel_bench [nf4|int8 K N M]: one configuration only (for a profiler)
+  std::vector<Shape> shapes = {{4096, 11008}, {11008, 4096}};
+  std::vector<int> ms = {1, 2, 4, 16, 64, 256, 1024};
+  std::string only = argc > 1 ? argv[1] : "";
+  if (argc > 4) {
+    shapes = {{std::atoll(argv[2]), std::atoll(argv[3])}};
+    ms = {std::atoi(argv[4])};
+  }
+  if (only.empty() || only == "nf4")
+    Run<oco::cuda::Nf4Decoder>("nf4", 64, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms);
+  if (only.empty() || only == "int8")
+    Run<oco::cuda::Int8Decoder>("int8", 0, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms);
+  return 0;
+}
