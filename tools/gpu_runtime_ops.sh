@@ -31,9 +31,5 @@ timeout 400 python3 -m tools.bench_runtime_ops --device cuda --json "$out/bench_
 # Per-op overhead floor: tiny layers, where the kernels take no time.
 timeout 120 python3 -m tools.bench_runtime_ops --device cuda --shapes 256x256 --m 1 16 --formats float nbits4 ours-nf4 \
   --repeats 3 2>&1 | tee "$out/overhead.log" | tail -6
-# Kernel durations without ORT's overhead (if the profiler works here).
-if command -v ncu >/dev/null; then
-  timeout 200 ncu --metrics gpu__time_duration.sum -k 'regex:Gemv|Tc' python3 -m tools.profile_cuda_ops \
-    > "$out/ncu.log" 2>&1
-  grep -E "Kernel|gpu__time_duration|==PROF==|M=" "$out/ncu.log" | grep -v "^==PROF== Profiling" | tail -40
-fi
+# Kernel times without ORT (CUDA events, cuBLAS fp16 baseline): tools/cuda/kernel_bench.cu
+bash tools/cuda/run_kernel_bench.sh > "$out/kernel_bench.txt" 2>&1; tail -30 "$out/kernel_bench.txt"
