@@ -10,14 +10,15 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnx_compress import model_io
+from onnx_compress import model_io, runtime
+from onnx_compress.calibration.layer_inputs import LayerInputs, capture_layer_inputs
 from onnx_compress.recipe import DEFAULT_RECIPE, PassContext, ProgressFactory, Recipe
 from onnx_compress.report import Report, build_report
 from onnx_compress.verify import random_inputs, verify_files
@@ -44,8 +45,25 @@ def _as_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> ir.Mod
     return model_io.load(model)
 
 
-def _run_passes(model: ir.Model, recipe: Recipe, progress: ProgressFactory | None) -> bool:
-    passes = recipe.build_passes(PassContext(progress=progress))
+def _layer_inputs(model: ir.Model, recipe: Recipe, feeds: Sequence[Mapping[str, np.ndarray]]) -> LayerInputs | None:
+    """Inputs of every MatMul/Gemm layer on the verification samples, when a step can use them:
+    per-layer output errors in the report (with verification on) and ``max_layer_error``."""
+    q = recipe.quantize
+    if q is None or not (recipe.verify.enabled or q.max_layer_error is not None):
+        return None
+    return capture_layer_inputs(model, feeds, seed=recipe.verify.seed)
+
+
+def _custom_op_libraries(model: ir.Model) -> list[str]:
+    """Our runtime library, if the model uses its ops (verification must load it)."""
+    uses_ours = any(node.domain == runtime.DOMAIN for node in model.graph.all_nodes())
+    return [os.fspath(runtime.library_path())] if uses_ours else []
+
+
+def _run_passes(
+    model: ir.Model, recipe: Recipe, progress: ProgressFactory | None, layer_inputs: LayerInputs | None = None
+) -> bool:
+    passes = recipe.build_passes(PassContext(progress=progress, layer_inputs=layer_inputs))
     modified = False
     for p in passes:
         modified |= p(model).modified
@@ -53,6 +71,10 @@ def _run_passes(model: ir.Model, recipe: Recipe, progress: ProgressFactory | Non
 
 
 def _feeds(model: ir.Model, recipe: Recipe, calibration: Calibration | None) -> list[Mapping[str, np.ndarray]]:
+    """Samples for verification and layer-input capture; none when neither runs."""
+    q = recipe.quantize
+    if not (recipe.verify.enabled or (q is not None and q.max_layer_error is not None)):
+        return []
     if calibration is not None:
         samples = list(itertools.islice(iter(calibration), _VERIFY_SAMPLES))
         if samples:
@@ -78,7 +100,8 @@ def compress(
     original = _as_ir(model)
     before_bytes = model_io.model_nbytes(original)
     work = original.clone()  # tensors are shared and never written to: the caller's model is untouched
-    _run_passes(work, recipe, progress)
+    feeds = _feeds(original, recipe, calibration)
+    _run_passes(work, recipe, progress, _layer_inputs(original, recipe, feeds))
     report = build_report(before_bytes, work, model_io.model_nbytes(work), 0.0, recipe.to_toml())
     if recipe.verify.enabled:
         with tempfile.TemporaryDirectory(prefix="onnx-compress-verify-") as tmp:
@@ -86,7 +109,11 @@ def compress(
             ir.save(original, ref_path, external_data="reference.onnx.data")
             ir.save(work, out_path, external_data="compressed.onnx.data")
             result = verify_files(
-                ref_path, out_path, _feeds(work, recipe, calibration), tolerance=recipe.verify_tolerance
+                ref_path,
+                out_path,
+                feeds,
+                tolerance=recipe.verify_tolerance,
+                custom_op_libraries=_custom_op_libraries(work),
             )
         report = report.with_verification(result.to_dict())
     return CompressResult(work, dataclasses.replace(report, seconds=time.perf_counter() - start))
@@ -113,15 +140,19 @@ def compress_file(
     before_bytes = model_io.model_nbytes(model)
     if external_data is None and model_io.external_data_paths(model):
         external_data = True  # keep the input's layout; otherwise decided by size when saving
-    _run_passes(model, recipe, progress)
+    feeds = _feeds(model, recipe, calibration)
+    _run_passes(model, recipe, progress, _layer_inputs(model, recipe, feeds))
     after_bytes = model_io.model_nbytes(model)
     verification = None
     with model_io.StagedOutput(out) as staged:
         staged.save(model, external_data)
         if recipe.verify.enabled:
-            feeds = _feeds(model, recipe, calibration)
             verification = verify_files(
-                input_path, staged.model_path, feeds, tolerance=recipe.verify_tolerance
+                input_path,
+                staged.model_path,
+                feeds,
+                tolerance=recipe.verify_tolerance,
+                custom_op_libraries=_custom_op_libraries(model),
             ).to_dict()
         staged.commit()
     report = build_report(

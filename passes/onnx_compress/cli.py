@@ -36,17 +36,45 @@ examples:
       one scale per 32 weights along K (lower error, needs opset 21: upgraded if older)
   onnx-compress model.onnx out.onnx --format matmulnbits --accuracy-level 4
       ORT's fused com.microsoft.MatMulNBits kernel (bits=8)
+  onnx-compress model.onnx out.onnx --quantize int4
+      blockwise INT4 (block 128, symmetric, ORT-exact) as DequantizeLinear -> MatMul, lm_head int8
+  onnx-compress model.onnx out.onnx --quantize nf4 --double-quant
+      bitsandbytes NF4 (block 64) in our NF4MatMul op (needs our runtime library; see below)
+  onnx-compress model.onnx out.onnx --quantize nf4 --format bnb4
+      NF4 in stock ORT's com.microsoft.MatMulBnb4
+  onnx-compress model.onnx out.onnx --quantize int4 --max-layer-error 0.15 --report r.json
+      layers whose 4-bit output error exceeds 15% fall back to int8 (then float)
   onnx-compress model.onnx out.onnx --exclude 'lm_head|embed' --report report.json
   onnx-compress --print-recipe --block-size 64 > recipe.toml
   onnx-compress model.onnx out.onnx --recipe recipe.toml
 
 exit codes: 0 ok, 1 internal error, 2 bad options or recipe, 3 unreadable input model,
-  4 unsupported model, 5 unusable output path, 6 verification failed, 7 bad input data.
+  4 unsupported model, 5 unusable output path, 6 verification failed, 7 bad input data,
+  8 custom-op library missing or not loadable.
   On any error nothing is written and the input is untouched.
 """
 
 # Flags that describe the quantize step; they cannot be combined with --recipe.
-_STEP_FLAGS = ("quantize", "format", "block_size", "exclude", "min_dim", "accuracy_level")
+_STEP_FLAGS = (
+    "quantize",
+    "format",
+    "block_size",
+    "asymmetric",
+    "double_quant",
+    "exclude",
+    "int8",
+    "min_dim",
+    "accuracy_level",
+    "max_layer_error",
+)
+
+
+_CUSTOM_OPS_HINT = """\
+this model uses onnx_compress custom ops (NF4MatMul / Int8MatMul): ONNX Runtime needs our library
+  python: from onnx_compress import runtime; session = runtime.inference_session("{model}")
+          (CUDA: providers=["CUDAExecutionProvider"]; or runtime.session_options() for your own)
+  any ORT API: SessionOptions.register_custom_ops_library(<path>), path from
+          python -c 'from onnx_compress import runtime; print(runtime.library_path())'"""
 
 
 def _version() -> str:
@@ -74,15 +102,29 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         choices=[f.value for f in WeightFormat],
         default=None,
-        help="graph form: qdq = DequantizeLinear->MatMul (default, portable); "
-        "matmulnbits = com.microsoft.MatMulNBits (ORT)",
+        help="graph form: qdq = DequantizeLinear->MatMul (default for int8/int4; portable, TensorRT); "
+        "matmulnbits = com.microsoft.MatMulNBits (ORT); custom = onnx_compress.NF4MatMul/Int8MatMul "
+        "(our runtime library; default for nf4); bnb4 = com.microsoft.MatMulBnb4 (stock ORT, nf4)",
     )
     q.add_argument(
         "--block-size",
         type=int,
         default=None,
         metavar="N",
-        help="0 = one scale per output channel (default); else a power of two >= 16: one scale per N weights along K",
+        help="weights per scale along K. int8: 0 = per output channel (default) or a power of two >= 16; "
+        "int4/nf4: a power of two in [32, 256] (default 128 / 64)",
+    )
+    q.add_argument(
+        "--asymmetric",
+        action="store_true",
+        default=None,
+        help="int4: ORT's asymmetric formula (zero points) instead of symmetric",
+    )
+    q.add_argument(
+        "--double-quant",
+        action="store_true",
+        default=None,
+        help="nf4 with --format custom: absmax in 8 bits per 256 blocks (QLoRA; 0.127 instead of 0.5 bits/weight)",
     )
     q.add_argument(
         "--exclude",
@@ -90,6 +132,22 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="REGEX",
         help="keep layers whose name matches float (repeatable; default: lm_head; --exclude '' keeps nothing float)",
+    )
+    q.add_argument(
+        "--int8",
+        action="append",
+        default=None,
+        metavar="REGEX",
+        help="with int4/nf4: quantize matching layers to int8 instead (repeatable; default: lm_head; "
+        "--int8 '' for none)",
+    )
+    q.add_argument(
+        "--max-layer-error",
+        type=float,
+        default=None,
+        metavar="E",
+        help="a layer whose relative output error on the verification inputs exceeds E (e.g. 0.05) "
+        "falls back to int8, then float (listed in the report)",
     )
     q.add_argument(
         "--min-dim", type=int, default=None, metavar="N", help="keep layers with K or N below N float (default: 16)"
@@ -151,8 +209,16 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
             fields["format"] = WeightFormat(given["format"])
         if "block_size" in given:
             fields["block_size"] = given["block_size"]
+        if "asymmetric" in given:
+            fields["symmetric"] = False
+        if "double_quant" in given:
+            fields["double_quant"] = True
         if "exclude" in given:
             fields["exclude"] = tuple(p for p in given["exclude"] if p)
+        if "int8" in given:
+            fields["int8"] = tuple(p for p in given["int8"] if p)
+        if "max_layer_error" in given:
+            fields["max_layer_error"] = given["max_layer_error"]
         if "min_dim" in given:
             fields["min_dim"] = given["min_dim"]
         if "accuracy_level" in given:
@@ -209,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quiet:
             print(report.format_table())
             print(f"wrote {args.output}")
+            if any(r.quantized and r.format == WeightFormat.CUSTOM.value for r in report.layers):
+                print(_CUSTOM_OPS_HINT.format(model=args.output))
         return 0
     except OnnxCompressError as e:
         logger.error("%s", e)

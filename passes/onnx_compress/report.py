@@ -11,6 +11,7 @@ __all__ = ["LayerRecord", "Report", "add_records", "build_report", "records"]
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +26,9 @@ class LayerRecord:
 
     ``rel_error`` is ``||dW||_F / ||W||_F``, the expected relative error of the layer's output
     ``x @ W`` for inputs with independent, equal-variance entries (E||x dW||^2 = s^2 ||dW||_F^2).
+    ``output_error`` is ``||X dW|| / ||X W||`` on the layer's actual inputs X (the verification or
+    calibration samples), when they were captured. ``fallback`` says why the layer got another
+    format than the one asked for (``--int8``, an op that cannot take it, ``--max-layer-error``).
     """
 
     name: str
@@ -38,10 +42,22 @@ class LayerRecord:
     rel_error: float | None = None
     consumers: int = 1
     reason: str | None = None
+    output_error: float | None = None
+    block_size: int | None = None
+    fallback: str | None = None
 
     @property
     def quantized(self) -> bool:
         return self.reason is None
+
+    @property
+    def error(self) -> float | None:
+        """The best available error: on actual inputs if measured, else the weight error."""
+        return self.output_error if self.output_error is not None else self.rel_error
+
+    @property
+    def params(self) -> int:
+        return math.prod(self.shape)
 
 
 def records(model: ir.Model) -> tuple[LayerRecord, ...]:
@@ -80,14 +96,29 @@ class Report:
     def with_verification(self, verification: dict[str, Any]) -> Report:
         return dataclasses.replace(self, verification=verification)
 
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Stored bits per quantized weight, scales and zero points included."""
+        params = sum(r.params for r in self.quantized)
+        return 8 * sum(r.bytes_after for r in self.quantized) / params if params else None
+
+    @property
+    def bits_per_weight_all(self) -> float | None:
+        """Stored bits per MatMul/Gemm weight, counting the layers left float at their dtype."""
+        params = sum(r.params for r in self.layers)
+        return 8 * sum(r.bytes_after for r in self.layers) / params if params else None
+
     def to_dict(self) -> dict[str, Any]:
         q = self.quantized
-        errors = [r.rel_error for r in q if r.rel_error is not None]
+        errors = [e for r in q if (e := r.error) is not None]
         return {
             "input": self.input_path,
             "output": self.output_path,
             "recipe": self.recipe_toml,
-            "layers": [dataclasses.asdict(r) | {"quantized": r.quantized} for r in self.layers],
+            "layers": [
+                dataclasses.asdict(r) | {"quantized": r.quantized, "bits_per_weight": 8 * r.bytes_after / r.params}
+                for r in self.layers
+            ],
             "totals": {
                 "layers_quantized": len(q),
                 "layers_skipped": len(self.skipped),
@@ -96,6 +127,10 @@ class Report:
                 "size_ratio": self.size_ratio,
                 "quantized_bytes_before": sum(r.bytes_before for r in q),
                 "quantized_bytes_after": sum(r.bytes_after for r in q),
+                "bits_per_weight": self.bits_per_weight,
+                "bits_per_weight_all_layers": self.bits_per_weight_all,
+                "layers_fallen_back": sum(1 for r in self.layers if r.fallback),
+                "error_basis": "outputs" if any(r.output_error is not None for r in q) else "weights",
                 "max_layer_rel_error": max(errors) if errors else None,
                 "mean_layer_rel_error": sum(errors) / len(errors) if errors else None,
                 "seconds": self.seconds,
@@ -108,19 +143,24 @@ class Report:
 
     def format_table(self, max_rows: int | None = None) -> str:
         """The per-layer table and totals, for a terminal."""
-        header = ("layer", "shape", "before", "after", "rel.err", "scheme")
+        basis = "out.err" if any(r.output_error is not None for r in self.quantized) else "w.err"
+        header = ("layer", "shape", "before", "after", "bits", basis, "format")
         rows = [header]
         for r in self.layers if max_rows is None else self.layers[:max_rows]:
-            err = f"{100 * r.rel_error:.3f}%" if r.rel_error is not None else "-"
-            scheme = f"{r.scheme} {r.format}" if r.quantized else f"float ({r.reason})"
+            err = f"{100 * e:.3f}%" if (e := r.error) is not None else "-"
+            bits = f"{8 * r.bytes_after / r.params:.2f}" if r.params else "-"
+            if r.quantized:
+                what = f"{r.scheme} {r.format}" + (f" ({r.fallback})" if r.fallback else "")
+            else:
+                what = f"float ({r.reason})"
             rows.append(
-                (r.name, "x".join(map(str, r.shape)), _bytes(r.bytes_before), _bytes(r.bytes_after), err, scheme)
+                (r.name, "x".join(map(str, r.shape)), _bytes(r.bytes_before), _bytes(r.bytes_after), bits, err, what)
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
         lines = []
         for row in rows:
-            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:5], widths[1:], strict=True)]
-            lines.append("  ".join([*cells, row[5]]))
+            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:6], widths[1:], strict=True)]
+            lines.append("  ".join([*cells, row[6]]))
         if max_rows is not None and len(self.layers) > max_rows:
             lines.append(f"... {len(self.layers) - max_rows} more layers (see --report)")
         lines.append(self.format_totals())
@@ -128,14 +168,22 @@ class Report:
 
     def format_totals(self) -> str:
         q = self.quantized
-        errors = [r.rel_error for r in q if r.rel_error is not None]
+        errors = [e for r in q if (e := r.error) is not None]
         parts = [
             f"quantized {len(q)} layers, {len(self.skipped)} left float",
             f"model {_bytes(self.model_bytes_before)} -> {_bytes(self.model_bytes_after)} "
             f"({self.size_ratio:.2f}x smaller)",
         ]
+        if self.bits_per_weight is not None:
+            parts.append(f"{self.bits_per_weight:.2f} bits/weight incl. scales")
+        fallen = sum(1 for r in self.layers if r.fallback)
+        if fallen:
+            parts.append(f"{fallen} layers in another format (see table)")
         if errors:
-            parts.append(f"layer error mean {100 * sum(errors) / len(errors):.3f}% max {100 * max(errors):.3f}%")
+            basis = "output" if any(r.output_error is not None for r in q) else "weight"
+            parts.append(
+                f"layer {basis} error mean {100 * sum(errors) / len(errors):.3f}% max {100 * max(errors):.3f}%"
+            )
         parts.append(f"{self.seconds:.1f} s")
         text = "total: " + "; ".join(parts)
         if self.verification is not None:

@@ -12,7 +12,7 @@ Integer / bool outputs must match exactly.
 
 from __future__ import annotations
 
-__all__ = ["VerificationResult", "random_inputs", "verify_files"]
+__all__ = ["VerificationResult", "random_inputs", "run_session", "verify_files"]
 
 import dataclasses
 import logging
@@ -142,8 +142,11 @@ def _session(path: str | os.PathLike[str], custom_op_libraries: Sequence[str]) -
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
-def _run(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [o.name for o in session.get_outputs()]
+def run_session(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Run ``session`` on one input sample; a sample that does not fit raises CalibrationDataError."""
+    names = list(outputs) if outputs is not None else [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     missing, extra = wanted - set(feeds), set(feeds) - wanted
     if missing or extra:
@@ -191,9 +194,9 @@ def verify_files(
     errors: dict[str, float] = {}
     mismatched: list[str] = []
     for sample in feeds:
-        ref = _run(reference_session, sample)
+        ref = run_session(reference_session, sample)
         try:
-            got = _run(candidate_session, sample)
+            got = run_session(candidate_session, sample)
         except CalibrationDataError as e:  # the input model ran on this sample: our fault
             raise VerificationError(f"the compressed model fails where the input model runs: {e}") from e
         for name, y_ref in ref.items():

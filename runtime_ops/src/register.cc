@@ -1,5 +1,6 @@
 // The library's one exported symbol: RegisterCustomOps, called by ORT when a session's options
 // register this library (SessionOptions.register_custom_ops_library).
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -15,6 +16,28 @@ void KeepAlive(Ort::CustomOpDomain&& domain) {
   domains.push_back(std::move(domain));
 }
 
+// The session config entry "onnx_compress.cpu_kernels" = "portable" selects the portable C++
+// CPU kernels instead of the best the CPU supports (tests and comparisons); any other value or
+// none: the best.
+bool PortableRequested(const OrtApi* api, const OrtSessionOptions* options) {
+  constexpr const char* kKey = "onnx_compress.cpu_kernels";
+  int has = 0;
+  OrtStatus* status = api->HasSessionConfigEntry(options, kKey, &has);
+  if (status != nullptr) {
+    api->ReleaseStatus(status);
+    return false;
+  }
+  if (!has) return false;
+  char value[32] = {};
+  size_t size = sizeof(value);
+  status = api->GetSessionConfigEntry(options, kKey, value, &size);
+  if (status != nullptr) {
+    api->ReleaseStatus(status);
+    return false;
+  }
+  return std::strcmp(value, "portable") == 0;
+}
+
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
@@ -24,7 +47,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   Ort::InitApi(api);
   return oco::Guard("RegisterCustomOps", [&] {
     Ort::CustomOpDomain domain{oco::kDomain};
-    for (const OrtCustomOp* op : oco::CpuOps()) domain.Add(op);
+    for (const OrtCustomOp* op : oco::CpuOps(PortableRequested(api, options))) domain.Add(op);
 #ifdef OCO_WITH_CUDA
     for (const OrtCustomOp* op : oco::CudaOps()) domain.Add(op);
 #endif

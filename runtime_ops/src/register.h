@@ -7,9 +7,10 @@
 
 namespace oco {
 
-std::vector<const OrtCustomOp*> Nf4MatMulCpuOps();
-std::vector<const OrtCustomOp*> Int8MatMulCpuOps();
-std::vector<const OrtCustomOp*> CpuOps();
+// portable: the CPU ops that always run the portable C++ kernels (tests, comparisons).
+std::vector<const OrtCustomOp*> Nf4MatMulCpuOps(bool portable);
+std::vector<const OrtCustomOp*> Int8MatMulCpuOps(bool portable);
+std::vector<const OrtCustomOp*> CpuOps(bool portable);
 
 #ifdef OCO_WITH_CUDA
 std::vector<const OrtCustomOp*> Nf4MatMulCudaOps();

@@ -12,6 +12,7 @@ struct Nf4CudaFormat {
   static constexpr const char* kScaleName = "absmax";
   static constexpr ONNXTensorElementDataType kBType = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
   static constexpr int64_t kBytesPerK = 16;
+  static constexpr bool kDoubleQuant = true;  // int8 absmax with absmax_scale, absmax_offset
   static DequantParams Params(const Ort::ConstKernelInfo& info) { return nf4::ReadParams(info); }
   static CudaPlan Plan(const CudaCall& call) { return PlanNf4(call); }
   static cudaError_t Launch(const CudaCall& call, const CudaPlan& plan) { return LaunchNf4(call, plan); }
@@ -22,6 +23,7 @@ struct Int8CudaFormat {
   static constexpr const char* kScaleName = "scales";
   static constexpr ONNXTensorElementDataType kBType = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   static constexpr int64_t kBytesPerK = 32;
+  static constexpr bool kDoubleQuant = false;  // 4 inputs: no double-quantized scales
   static DequantParams Params(const Ort::ConstKernelInfo& info) { return int8mm::ReadParams(info); }
   static CudaPlan Plan(const CudaCall& call) { return PlanInt8(call); }
   static cudaError_t Launch(const CudaCall& call, const CudaPlan& plan) { return LaunchInt8(call, plan); }

@@ -5,6 +5,9 @@
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -I runtime_ops/src -I <ORT headers> \
 //        tools/cuda/kernel_bench.cu -lcublas -o /tmp/kernel_bench && /tmp/kernel_bench
 //
+// "nf4dq" runs NF4 with a double-quantized absmax (int8 codes + one float scale per 256 + an
+// offset, decoded in the kernels) instead of float16 absmax.
+//
 // Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
 // Each result is checked against cuBLAS on the same dequantized weights (float16 relative
 // error). Times are CUDA-event medians of kernel launches alone: ORT's per-op overhead is not in
@@ -44,9 +47,12 @@ using oco::CudaPlan;
 using oco::DequantParams;
 using oco::DType;
 
+__device__ __forceinline__ float ScaleF(__half s) { return __half2float(s); }
+__device__ __forceinline__ float ScaleF(float s) { return s; }
+
 // Dequantize the packed panel layout to a row-major fp16 W [K, N] (the reference for cuBLAS).
-template <class Dec>
-__global__ void DequantKernel(const uint8_t* b, const __half* scales, DequantParams p, __half* w) {
+template <class Dec, typename S>
+__global__ void DequantKernel(const uint8_t* b, const S* scales, DequantParams p, __half* w) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = oco::cuda::kNf4Lut[threadIdx.x];
   __syncthreads();
@@ -56,7 +62,7 @@ __global__ void DequantKernel(const uint8_t* b, const __half* scales, DequantPar
     float v[32];
     typename Dec::Row row = Dec::LoadRow(b + (panel * p.k_pad + k) * Dec::kBytesPerK);
     Dec::Decode(row, lut, v);
-    w[i] = __float2half(v[c] * __half2float(scales[(panel * p.blocks + k / p.group) * 32 + c]));
+    w[i] = __float2half(v[c] * ScaleF(scales[(panel * p.blocks + k / p.group) * 32 + c]));
   }
 }
 
@@ -78,6 +84,18 @@ __global__ void FillBytes(uint8_t* x, int64_t n, uint64_t seed, int int8_gauss) 
     z ^= z >> 31;
     x[i] = int8_gauss ? uint8_t(int8_t(int(z % 255) - 127)) : uint8_t(z & 0xFF);
   }
+}
+
+// Double-quantized absmax: scale2 of about 0.02 / 127 per 256 entries and an offset of 0.02 (the
+// codes are random bytes), and the float32 absmax they decode to (the reference's).
+__global__ void FillDq(float* scale2, int64_t n, float* offset, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    scale2[i] = 0.02f / 127.0f * (1.0f + 0.5f * sinf(float(i) + float(seed)));
+  if (blockIdx.x == 0 && threadIdx.x == 0) *offset = 0.02f;
+}
+__global__ void DecodeDq(const int8_t* codes, const float* scale2, const float* offset, int64_t n, float* absmax) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    absmax[i] = float(codes[i]) * scale2[i / 256] + *offset;
 }
 
 template <typename F>
@@ -108,18 +126,28 @@ struct Shape {
 
 template <class Dec>
 void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream, int sms, float copy_bw,
-         std::vector<Shape> shapes, std::vector<int> ms) {
+         std::vector<Shape> shapes, std::vector<int> ms, bool dq = false) {
   constexpr int kCopies = 4;  // weights of 4 layers: beyond L2
   for (const Shape& sh : shapes) {
     DequantParams p = DequantParams::Make(sh.k, sh.n, block);
     const int64_t b_bytes = p.panels * p.k_pad * Dec::kBytesPerK, s_elems = p.panels * p.blocks * 32;
+    const int64_t s2_elems = (s_elems + 255) / 256;
     std::vector<uint8_t*> bs(kCopies);
-    std::vector<__half*> ss(kCopies);
+    std::vector<void*> ss(kCopies);       // float16 absmax, or int8 codes (dq)
+    std::vector<float*> s2s(kCopies, nullptr), offs(kCopies, nullptr);  // dq only
     for (int c = 0; c < kCopies; ++c) {
       CK(cudaMalloc(&bs[c], b_bytes));
-      CK(cudaMalloc(&ss[c], s_elems * 2));
       FillBytes<<<1024, 256, 0, stream>>>(bs[c], b_bytes, 1234 + c, Dec::kBytesPerK == 32);
-      FillHalf<<<1024, 256, 0, stream>>>(ss[c], s_elems, 99 + c, 0.02f);
+      if (dq) {
+        CK(cudaMalloc(&ss[c], s_elems));
+        CK(cudaMalloc(&s2s[c], s2_elems * 4));
+        CK(cudaMalloc(&offs[c], 4));
+        FillBytes<<<1024, 256, 0, stream>>>(static_cast<uint8_t*>(ss[c]), s_elems, 99 + c, 1);
+        FillDq<<<64, 256, 0, stream>>>(s2s[c], s2_elems, offs[c], c);
+      } else {
+        CK(cudaMalloc(&ss[c], s_elems * 2));
+        FillHalf<<<1024, 256, 0, stream>>>(static_cast<__half*>(ss[c]), s_elems, 99 + c, 0.02f);
+      }
     }
     __half *w_ref, *w16[2], *a, *y, *y_ref;
     CK(cudaMalloc(&w_ref, p.K * p.N * 2));
@@ -132,14 +160,23 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     CK(cudaMalloc(&y, max_m * p.N * 2));
     CK(cudaMalloc(&y_ref, max_m * p.N * 2));
     FillHalf<<<1024, 256, 0, stream>>>(a, max_m * p.K, 5, 1.0f);
-    DequantKernel<Dec><<<2048, 256, 0, stream>>>(bs[0], ss[0], p, w_ref);
+    if (dq) {
+      float* absmax;
+      CK(cudaMalloc(&absmax, s_elems * 4));
+      DecodeDq<<<1024, 256, 0, stream>>>(static_cast<const int8_t*>(ss[0]), s2s[0], offs[0], s_elems, absmax);
+      DequantKernel<Dec><<<2048, 256, 0, stream>>>(bs[0], absmax, p, w_ref);
+      CK(cudaStreamSynchronize(stream));
+      CK(cudaFree(absmax));
+    } else {
+      DequantKernel<Dec><<<2048, 256, 0, stream>>>(bs[0], static_cast<const __half*>(ss[0]), p, w_ref);
+    }
     CK(cudaGetLastError());
-    const double weight_bytes = double(b_bytes) + s_elems * 2;
+    const double weight_bytes = double(b_bytes) + (dq ? s_elems + s2_elems * 4.0 : s_elems * 2.0);
     for (int m : ms) {
       CudaCall call;
       call.a = a;
       call.m = m;
-      call.scale_type = DType::kHalf;
+      call.scale_type = dq ? DType::kInt8 : DType::kHalf;
       call.type = DType::kHalf;
       call.p = p;
       call.stream = stream;
@@ -148,6 +185,8 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       auto ours = [&](int i) {
         call.b = bs[i % kCopies];
         call.scales = ss[i % kCopies];
+        call.scale2 = s2s[i % kCopies];
+        call.offset = offs[i % kCopies];
         call.y = y;
         CK(oco::cuda::Launch<Dec>(call, plan));
       };
@@ -187,6 +226,10 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     for (int c = 0; c < kCopies; ++c) {
       CK(cudaFree(bs[c]));
       CK(cudaFree(ss[c]));
+      if (dq) {
+        CK(cudaFree(s2s[c]));
+        CK(cudaFree(offs[c]));
+      }
     }
     for (auto* ptr : {w_ref, w16[0], w16[1], a, y, y_ref}) CK(cudaFree(ptr));
   }
@@ -211,7 +254,7 @@ int main(int argc, char** argv) {
   CK(cudaFree(src));
   CK(cudaFree(dst));
   std::printf("%s, %d SMs, copy bandwidth %.2f TB/s (read + write)\n", prop.name, prop.multiProcessorCount, copy_bw / 1e12);
-  // kernel_bench [nf4|int8 K N M]: one configuration only (for a profiler)
+  // kernel_bench [nf4|nf4dq|int8 K N M]: one configuration only (for a profiler)
   std::vector<Shape> shapes = {{4096, 11008}, {11008, 4096}};
   std::vector<int> ms = {1, 2, 4, 16, 64, 256, 1024};
   std::string only = argc > 1 ? argv[1] : "";
@@ -221,6 +264,8 @@ int main(int argc, char** argv) {
   }
   if (only.empty() || only == "nf4")
     Run<oco::cuda::Nf4Decoder>("nf4", 64, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms);
+  if (only.empty() || only == "nf4dq")
+    Run<oco::cuda::Nf4Decoder>("nf4dq", 64, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms, true);
   if (only.empty() || only == "int8")
     Run<oco::cuda::Int8Decoder>("int8", 0, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms);
   return 0;

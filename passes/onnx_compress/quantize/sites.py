@@ -145,7 +145,7 @@ def _classify(node: ir.Node, index: int, rank: int) -> Use | str:
         return Use(node, index, UseKind.MATMUL_LHS, rank - 1, rank - 2)
     if index != 1:
         return f"constant input {index} of Gemm '{node.name}' is not its weight B"
-    trans_b = node.attributes.get_int("transB", 0)
+    trans_b = node.attributes.get_int("transB")
     return Use(node, index, UseKind.GEMM, 1 if trans_b else 0, 0 if trans_b else 1)
 
 

@@ -15,6 +15,13 @@
 //
 // Kernels exist for AVX-512 (F, BW, VL) and as portable C++ (any CPU); the choice is made at
 // run time (cpu_features.h).
+//
+// Scale types S: float, float16 (uint16_t bits), or int8_t for NF4MatMul's double-quantized
+// absmax: the 32 scales of a (panel, block) row are int8 codes c and the row r = panel * blocks
+// + block shares one float32 scale2[r / 8] (256 scales per entry), decoded where the scales are
+// read as float(c) * scale2[r / 8] + offset (a multiply and an add, each rounded: the same
+// float32 values as numerics/nf4.py's double_dequantize). LoadScales / ScaleToFloat get the row
+// for that; the float paths ignore it.
 #pragma once
 
 #include <immintrin.h>
@@ -38,7 +45,7 @@ inline constexpr int64_t kGemmKc = 256;     // K chunk of the GEMM: a float pane
 inline constexpr int64_t kGemmPanels = 4;   // panels per GEMM task (128 columns)
 inline constexpr int kGemmMr = 12;          // rows of the micro-kernel
 
-template <typename S>  // scale type: float, or uint16_t holding float16
+template <typename S>  // scale type: float, uint16_t holding float16, or int8_t (double-quantized)
 struct Args {
   const uint8_t* b = nullptr;  // [panels, k_pad, bytes_per_k]
   const S* scales = nullptr;   // [panels, blocks, 32]
@@ -47,12 +54,18 @@ struct Args {
   float* y = nullptr;          // [m, ldy]
   int64_t ldy = 0;
   DequantParams p;
+  const float* scale2 = nullptr;  // int8_t scales only: [ceil(panels * blocks * 32 / 256)]
+  float offset = 0.0f;            // int8_t scales only
 };
 
+// One scale as float; row: its (panel, block) row (double-quantized scales only).
 template <typename S>
-inline float ScaleToFloat(S s) {
+inline float ScaleToFloat(S s, int64_t row, const Args<S>& g) {
   if constexpr (std::is_same_v<S, float>) {
     return s;
+  } else if constexpr (std::is_same_v<S, int8_t>) {
+    const float scaled = static_cast<float>(s) * g.scale2[row >> kDqRowShift];
+    return scaled + g.offset;
   } else {
     return HalfToFloat(s);
   }
@@ -75,6 +88,7 @@ void GemvPortable(const Args<S>& g, int mr, int64_t panel) {
   const int64_t n0 = panel * kPanel, nvalid = std::min(kPanel, p.N - n0);
   const uint8_t* b = g.b + panel * p.k_pad * Decoder::kBytesPerK;
   const S* s = g.scales + panel * p.blocks * kPanel;
+  const int64_t row0 = panel * p.blocks;
   for (int m = 0; m < mr; ++m) {
     float acc[kPanel] = {};
     for (int64_t blk = 0; blk < p.blocks; ++blk) {
@@ -83,7 +97,7 @@ void GemvPortable(const Args<S>& g, int mr, int64_t panel) {
         const float av = g.a[m * g.lda + k];
         for (int j = 0; j < kPanel; ++j) part[j] += Decoder::Scalar(b + k * Decoder::kBytesPerK, j) * av;
       }
-      for (int j = 0; j < kPanel; ++j) acc[j] += part[j] * ScaleToFloat(s[blk * kPanel + j]);
+      for (int j = 0; j < kPanel; ++j) acc[j] += part[j] * ScaleToFloat(s[blk * kPanel + j], row0 + blk, g);
     }
     for (int64_t j = 0; j < nvalid; ++j) g.y[m * g.ldy + n0 + j] = acc[j];
   }
@@ -94,13 +108,17 @@ void DecodePanelPortable(const Args<S>& g, int64_t panel, int64_t k0, int64_t kc
   const DequantParams& p = g.p;
   const uint8_t* b = g.b + panel * p.k_pad * Decoder::kBytesPerK;
   const S* s = g.scales + panel * p.blocks * kPanel;
-  for (int64_t k = k0; k < k0 + kc; ++k)
+  for (int64_t k = k0; k < k0 + kc; ++k) {
+    const int64_t blk = k / p.group;
     for (int j = 0; j < kPanel; ++j)
-      out[(k - k0) * kPanel + j] = Decoder::Scalar(b + k * Decoder::kBytesPerK, j) * ScaleToFloat(s[(k / p.group) * kPanel + j]);
+      out[(k - k0) * kPanel + j] =
+          Decoder::Scalar(b + k * Decoder::kBytesPerK, j) * ScaleToFloat(s[blk * kPanel + j], panel * p.blocks + blk, g);
+  }
 }
 
 inline void MicroKernelPortable(int mr, const float* a, int64_t lda, const float* bp, int64_t kc, float* y,
                                 int64_t ldy, int64_t nvalid, bool first) {
+  nvalid = std::min(nvalid, kPanel);  // the caller passes the columns left from this panel on
   for (int i = 0; i < mr; ++i) {
     float c[kPanel] = {};
     for (int64_t k = 0; k < kc; ++k)
@@ -110,11 +128,21 @@ inline void MicroKernelPortable(int mr, const float* a, int64_t lda, const float
 }
 
 // ---- AVX-512 kernels -----------------------------------------------------------------------
+// The 32 scales at s (scale row `row`, used only by double-quantized scales) as two vectors.
 template <typename S>
-OCO_AVX512 inline void LoadScales(const S* s, __m512& lo, __m512& hi) {
+OCO_AVX512 inline void LoadScales(const S* s, int64_t row, const Args<S>& g, __m512& lo, __m512& hi) {
   if constexpr (std::is_same_v<S, float>) {
     lo = _mm512_loadu_ps(s);
     hi = _mm512_loadu_ps(s + 16);
+  } else if constexpr (std::is_same_v<S, int8_t>) {
+    // codes -> float, times the row's scale2, plus the offset: rounded after the multiply (an
+    // explicit-rounding multiply, which the compiler cannot fuse with the add into an FMA).
+    const __m512 scale2 = _mm512_set1_ps(g.scale2[row >> kDqRowShift]), offset = _mm512_set1_ps(g.offset);
+    const __m512 c_lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s))));
+    const __m512 c_hi =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 16))));
+    lo = _mm512_add_ps(_mm512_mul_round_ps(c_lo, scale2, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), offset);
+    hi = _mm512_add_ps(_mm512_mul_round_ps(c_hi, scale2, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), offset);
   } else {
     lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
     hi = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 16)));
@@ -161,7 +189,7 @@ OCO_AVX512 void GemvAvx512(const Args<S>& g, int64_t panel) {
       }
     }
     __m512 s_lo, s_hi;
-    LoadScales(s + blk * kPanel, s_lo, s_hi);
+    LoadScales(s + blk * kPanel, panel * p.blocks + blk, g, s_lo, s_hi);
     for (int m = 0; m < MR; ++m) {
       for (int u = 1; u < U; ++u) {
         part[0][m][0] = _mm512_add_ps(part[0][m][0], part[u][m][0]);
@@ -190,7 +218,7 @@ OCO_AVX512 void DecodePanelAvx512(const Args<S>& g, int64_t panel, int64_t k0, i
   for (int64_t k = k0; k < k0 + kc; ++k) {
     if (k / p.group != blk) {
       blk = k / p.group;
-      LoadScales(s + blk * kPanel, s_lo, s_hi);
+      LoadScales(s + blk * kPanel, panel * p.blocks + blk, g, s_lo, s_hi);
     }
     __m512 lo, hi;
     dec(b + k * Decoder::kBytesPerK, lo, hi);
@@ -264,14 +292,14 @@ inline void MicroKernel(Isa isa, int mr, const float* a, int64_t lda, const floa
 }
 
 // ---- the kernel ----------------------------------------------------------------------------
-// Format: kOp, kScaleName, kBType, Decoder, static DequantParams Params(info).
+// Format: kOp, kScaleName, kBType, kDoubleQuant, Decoder, static DequantParams Params(info).
+// kDoubleQuant: the scales may be int8 with inputs 4 and 5 (scale2, offset), as for NF4MatMul.
 template <typename Format, typename T>  // T: float, or uint16_t holding float16
 class DequantMatMulCpuKernel {
  public:
   using Decoder = typename Format::Decoder;
 
-  explicit DequantMatMulCpuKernel(const OrtKernelInfo* info)
-      : p_(Format::Params(Ort::ConstKernelInfo(info))), isa_(DetectIsa()) {}
+  DequantMatMulCpuKernel(const OrtKernelInfo* info, Isa isa) : p_(Format::Params(Ort::ConstKernelInfo(info))), isa_(isa) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return Guard(Format::kOp, [&] { Compute(Ort::KernelContext(context)); });
@@ -282,17 +310,10 @@ class DequantMatMulCpuKernel {
     auto a = ctx.GetInput(0);
     auto b = ctx.GetInput(1);
     auto s = ctx.GetInput(2);
-    const bool has_bias = ctx.GetInputCount() > 3 && ctx.GetInput(3) != nullptr;
-    IoShapes io;
-    io.a = a.GetTensorTypeAndShapeInfo().GetShape();
-    io.b = b.GetTensorTypeAndShapeInfo().GetShape();
-    auto s_info = s.GetTensorTypeAndShapeInfo();
-    io.scales = s_info.GetShape();
-    io.scale_type = s_info.GetElementType();
-    io.has_bias = has_bias;
-    if (has_bias) io.bias = ctx.GetInput(3).GetTensorTypeAndShapeInfo().GetShape();
+    const IoShapes io = IoShapes::Read(ctx);
+    const bool has_bias = io.has_bias;
     const auto a_type = a.GetTensorTypeAndShapeInfo().GetElementType();
-    const int64_t m = ValidateIo(io, p_, Decoder::kBytesPerK, a_type, Format::kScaleName);
+    const int64_t m = ValidateIo(io, p_, Decoder::kBytesPerK, a_type, Format::kScaleName, Format::kDoubleQuant);
     std::vector<int64_t> y_shape(io.a.begin(), io.a.end() - 1);
     y_shape.push_back(p_.N);
     auto y = ctx.GetOutput(0, y_shape);
@@ -313,10 +334,16 @@ class DequantMatMulCpuKernel {
       y32 = y_f.data();
     }
     const auto* b_data = static_cast<const uint8_t*>(b.GetTensorRawData());
-    if (io.scale_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    if (io.scale_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
       Run<float>(ctx, m, a_f.data(), b_data, s.GetTensorData<float>(), y32);
-    else
+    } else if (io.scale_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
+      if constexpr (Format::kDoubleQuant) {  // ValidateIo checked inputs 4 and 5
+        Run<int8_t>(ctx, m, a_f.data(), b_data, s.GetTensorData<int8_t>(), y32, ctx.GetInput(4).GetTensorData<float>(),
+                    ctx.GetInput(5).GetTensorData<float>()[0]);
+      }
+    } else {
       Run<uint16_t>(ctx, m, a_f.data(), b_data, static_cast<const uint16_t*>(s.GetTensorRawData()), y32);
+    }
 
     if (has_bias) {
       const T* bias = ctx.GetInput(3).GetTensorData<T>();
@@ -338,10 +365,13 @@ class DequantMatMulCpuKernel {
   }
 
   template <typename S>
-  void Run(const Ort::KernelContext& ctx, int64_t m, const float* a, const uint8_t* b, const S* scales, float* y) {
+  void Run(const Ort::KernelContext& ctx, int64_t m, const float* a, const uint8_t* b, const S* scales, float* y,
+           const float* scale2 = nullptr, float offset = 0.0f) {
     Args<S> g;
     g.b = b;
     g.scales = scales;
+    g.scale2 = scale2;
+    g.offset = offset;
     g.lda = p_.k_pad;
     g.ldy = p_.N;
     g.p = p_;
@@ -381,26 +411,35 @@ class DequantMatMulCpuKernel {
 };
 
 // The ORT-facing op description; one instance per activation type (CPU execution provider).
+// Inputs: A, B, scales[, bias], and with Format::kDoubleQuant [, scale2, offset] (float32).
 template <typename Format, typename T, ONNXTensorElementDataType kType>
 struct DequantMatMulCpuOp
     : Ort::CustomOpBase<DequantMatMulCpuOp<Format, T, kType>, DequantMatMulCpuKernel<Format, T>, true> {
+  // portable: always the portable C++ kernels (a session's "onnx_compress.cpu_kernels" entry).
+  explicit DequantMatMulCpuOp(bool portable = false) : portable_(portable) {}
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return Guard(Format::kOp, [&] { *kernel = new DequantMatMulCpuKernel<Format, T>(info); });
+    return Guard(Format::kOp, [&] {
+      *kernel = new DequantMatMulCpuKernel<Format, T>(info, portable_ ? Isa::kScalar : DetectIsa());
+    });
   }
   const char* GetName() const { return Format::kOp; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 4; }
+  size_t GetInputTypeCount() const { return Format::kDoubleQuant ? 6 : 4; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
     if (i == 1) return Format::kBType;
-    if (i == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // float32 or A's type: checked in Compute
+    if (i == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // float32, A's type (or int8): checked in Compute
+    if (i >= 4) return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;      // scale2, offset
     return kType;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+    return i >= 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
                   : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t /*i*/) const { return kType; }
+
+ private:
+  bool portable_;
 };
 
 }  // namespace oco

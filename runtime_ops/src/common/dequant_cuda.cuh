@@ -13,6 +13,12 @@
 //   shared tile that ldmatrix feeds to the tensor cores: dequantized weights never reach device
 //   memory.
 // * One launch per call, no workspace.
+// * Scales S: float, __half / __nv_bfloat16 (A's type), or int8_t: NF4MatMul's double-quantized
+//   absmax (numerics/nf4.py), decoded where the scales are read: the GEMV stages a panel's
+//   scales to shared memory as float, the tensor-core decode turns each stage's staged int8 row
+//   into floats; both as float(code) * scale2[row >> 3] + offset (row = panel * blocks + block,
+//   mul and add each rounded, so the same float32 values as double_dequantize). The weight +
+//   absmax stream is then 1 byte per block of 32 channels instead of 2 or 4.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -71,6 +77,7 @@ inline Params MakeParams(const DequantParams& p) {
 struct Nf4Decoder {
   static constexpr int kBytesPerK = 16;
   static constexpr bool kNeedsLut = true;
+  static constexpr bool kDoubleQuant = true;  // int8 scales (absmax) with scale2 / offset
   struct Row {
     uint4 v;
   };
@@ -100,6 +107,7 @@ struct Nf4Decoder {
 struct Int8Decoder {
   static constexpr int kBytesPerK = 32;
   static constexpr bool kNeedsLut = false;
+  static constexpr bool kDoubleQuant = false;
   struct Row {
     uint4 lo, hi;
   };
@@ -125,6 +133,17 @@ __constant__ float kNf4Lut[16] = {
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
+// ---- double-quantized scales --------------------------------------------------------------
+// One int8 scale code of row r: code * scale2[r >> kDqRowShift] + offset, each step rounded
+// (never fused into an FMA: bit-identical to numerics/nf4.py's double_dequantize).
+__device__ __forceinline__ float DqScale(int code, float scale2, float offset) {
+  return __fadd_rn(__fmul_rn(static_cast<float>(code), scale2), offset);
+}
+// Byte j of 16 int8 codes.
+__device__ __forceinline__ int Code(const uint32_t w[4], int j) {
+  return static_cast<int8_t>((w[j / 4] >> (8 * (j % 4))) & 0xFF);
+}
+
 // ---- SIMT GEMV -----------------------------------------------------------------------------
 template <typename T, typename S>
 struct KernelArgs {
@@ -135,6 +154,8 @@ struct KernelArgs {
   const T* bias;
   T* y;
   Params p;
+  const float* scale2;  // int8_t scales only: [ceil(panels * blocks * 32 / 256)]
+  const float* offset;  // int8_t scales only: one float
 };
 
 constexpr int kGemvWarps = 16;
@@ -231,7 +252,8 @@ __device__ __forceinline__ void GemvCompute(const KernelArgs<T, S>& g, const Gem
   }
 }
 
-// CTA = one panel x MR rows of A. The panel's scales are staged in shared memory (as float);
+// CTA = one panel x MR rows of A. The panel's scales are staged in shared memory (as float,
+// double-quantized ones decoded on the way);
 // warps take steps of 4 x 32 k-rows in turn (a 32-row chunk never straddles a scale block:
 // blocks are >= 32), one k-row per lane per chunk (coalesced 512/1024-byte reads), the next
 // step loaded before the current one is computed; then lanes and warps are reduced.
@@ -245,7 +267,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S
   if (Dec::kNeedsLut && threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
   const int64_t panel = blockIdx.x;
   const S* sp = g.scales + panel * g.p.blocks * kPanel;
-  for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
+  if constexpr (std::is_same_v<S, int8_t>) {
+    const float offset = __ldg(g.offset);
+    const int64_t row0 = panel * g.p.blocks;
+    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x)
+      scales_s[i] = DqScale(sp[i], __ldg(g.scale2 + ((row0 + i / kPanel) >> kDqRowShift)), offset);
+  } else {
+    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
+  }
   g.a += static_cast<int64_t>(blockIdx.y) * MR * g.p.K;  // this CTA's rows of A
   g.y += static_cast<int64_t>(blockIdx.y) * MR * g.p.N;
   g.m -= static_cast<int64_t>(blockIdx.y) * MR;
@@ -364,6 +393,8 @@ __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
   __shared__ float lut[16];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   if (Dec::kNeedsLut && tid < 16) lut[tid] = kNf4Lut[tid];
+  float dq_offset = 0.0f;  // double-quantized scales: the offset
+  if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
 
   const Params& p = g.p;
   const int64_t panel0 = static_cast<int64_t>(blockIdx.x) * Cfg::kPanels;
@@ -424,11 +455,29 @@ __global__ void __launch_bounds__(kTcThreads) TcKernel(KernelArgs<T, S> g) {
       Dec::Row16(row0, ch, lut, v0);
       Dec::Row16(row0 + Dec::kBytesPerK, ch, lut, v1);
       const S* srow = sc + (pi * Cfg::kScaleBlocks + bi) * kPanel + 16 * ch;
+      if constexpr (std::is_same_v<S, int8_t>) {
+        // 16 int8 codes (16 aligned bytes) and the row's scale2 entry (0 for a panel past the last)
+        float scale2 = 0.0f, offset = 0.0f;
+        const int64_t panel = panel0 + pi;
+        if (panel < p.panels) {
+          scale2 = __ldg(g.scale2 + ((panel * p.blocks + blk0 + bi) >> kDqRowShift));
+          offset = dq_offset;
+        }
+        const uint4 q = *reinterpret_cast<const uint4*>(srow);
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const float s = ToF(srow[j]);
-        *reinterpret_cast<uint32_t*>(bd + (pi * kPanel + 16 * ch + j) * Cfg::kRow + r0) =
-            Pack2(v0[j] * s, v1[j] * s, static_cast<T*>(nullptr));
+        for (int j = 0; j < 16; ++j) {
+          const float s = DqScale(Code(w, j), scale2, offset);
+          *reinterpret_cast<uint32_t*>(bd + (pi * kPanel + 16 * ch + j) * Cfg::kRow + r0) =
+              Pack2(v0[j] * s, v1[j] * s, static_cast<T*>(nullptr));
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const float s = ToF(srow[j]);
+          *reinterpret_cast<uint32_t*>(bd + (pi * kPanel + 16 * ch + j) * Cfg::kRow + r0) =
+              Pack2(v0[j] * s, v1[j] * s, static_cast<T*>(nullptr));
+        }
       }
     }
   };
@@ -583,6 +632,8 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
   g.bias = static_cast<const T*>(call.bias);
   g.y = static_cast<T*>(call.y);
   g.p = MakeParams(call.p);
+  g.scale2 = call.scale2;
+  g.offset = call.offset;
   if (plan.tensor_cores) {
     if constexpr (std::is_same_v<T, float>) {
       return cudaErrorInvalidValue;  // never planned: float32 stays on the exact SIMT path
@@ -601,6 +652,18 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
 
 template <class Dec>
 cudaError_t Launch(const CudaCall& call, const CudaPlan& plan) {
+  if (call.scale_type == DType::kInt8) {  // double-quantized scales (NF4MatMul's absmax)
+    if constexpr (Dec::kDoubleQuant) {
+      if (call.scale2 == nullptr || call.offset == nullptr) return cudaErrorInvalidValue;
+      switch (call.type) {
+        case DType::kFloat: return LaunchTyped<Dec, float, int8_t>(call, plan);
+        case DType::kHalf: return LaunchTyped<Dec, __half, int8_t>(call, plan);
+        case DType::kBFloat16: return LaunchTyped<Dec, __nv_bfloat16, int8_t>(call, plan);
+        default: break;
+      }
+    }
+    return cudaErrorInvalidValue;
+  }
   const bool scale_f32 = call.scale_type == DType::kFloat;
   switch (call.type) {
     case DType::kFloat:
@@ -610,6 +673,7 @@ cudaError_t Launch(const CudaCall& call, const CudaPlan& plan) {
     case DType::kBFloat16:
       return scale_f32 ? LaunchTyped<Dec, __nv_bfloat16, float>(call, plan)
                        : LaunchTyped<Dec, __nv_bfloat16, __nv_bfloat16>(call, plan);
+    default: break;
   }
   return cudaErrorInvalidValue;
 }

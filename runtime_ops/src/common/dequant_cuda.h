@@ -11,7 +11,8 @@
 
 namespace oco {
 
-enum class DType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2 };
+// kInt8: scales only (NF4MatMul's double-quantized absmax, with CudaCall::scale2 and offset).
+enum class DType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2, kInt8 = 3 };
 
 // One call: Y[m, N] = A[m, K] @ dequant(B) (+ bias), all pointers on the device.
 struct CudaCall {
@@ -20,6 +21,8 @@ struct CudaCall {
   const uint8_t* b = nullptr;      // [panels, k_pad, bytes_per_k]
   const void* scales = nullptr;    // [panels, blocks, 32]
   DType scale_type = DType::kFloat;
+  const float* scale2 = nullptr;   // kInt8 scales: [ceil(panels * blocks * 32 / 256)] (device)
+  const float* offset = nullptr;   // kInt8 scales: one float (device)
   const void* bias = nullptr;      // [N] or null
   void* y = nullptr;
   DType type = DType::kHalf;       // of A, bias and Y

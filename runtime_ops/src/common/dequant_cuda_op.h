@@ -23,7 +23,8 @@ inline void CheckCuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(Str(what, " failed: ", cudaGetErrorString(err)));
 }
 
-// Format: kOp, kScaleName, kBType, kBytesPerK, Params(info), Plan(call), Launch(call, plan).
+// Format: kOp, kScaleName, kBType, kBytesPerK, kDoubleQuant, Params(info), Plan(call), Launch(call, plan).
+// kDoubleQuant: the scales may be int8 with inputs 4 and 5 (scale2, offset), as for NF4MatMul.
 template <typename Format, ONNXTensorElementDataType kType>
 class DequantMatMulCudaKernel {
  public:
@@ -38,16 +39,9 @@ class DequantMatMulCudaKernel {
     auto a = ctx.GetInput(0);
     auto b = ctx.GetInput(1);
     auto s = ctx.GetInput(2);
-    const bool has_bias = ctx.GetInputCount() > 3 && ctx.GetInput(3) != nullptr;
-    IoShapes io;
-    io.a = a.GetTensorTypeAndShapeInfo().GetShape();
-    io.b = b.GetTensorTypeAndShapeInfo().GetShape();
-    auto s_info = s.GetTensorTypeAndShapeInfo();
-    io.scales = s_info.GetShape();
-    io.scale_type = s_info.GetElementType();
-    io.has_bias = has_bias;
-    if (has_bias) io.bias = ctx.GetInput(3).GetTensorTypeAndShapeInfo().GetShape();
-    const int64_t m = ValidateIo(io, p_, Format::kBytesPerK, kType, Format::kScaleName);
+    const IoShapes io = IoShapes::Read(ctx);
+    const bool has_bias = io.has_bias;
+    const int64_t m = ValidateIo(io, p_, Format::kBytesPerK, kType, Format::kScaleName, Format::kDoubleQuant);
     std::vector<int64_t> y_shape(io.a.begin(), io.a.end() - 1);
     y_shape.push_back(p_.N);
     auto y = ctx.GetOutput(0, y_shape);
@@ -61,7 +55,13 @@ class DequantMatMulCudaKernel {
     call.m = m;
     call.b = static_cast<const uint8_t*>(b.GetTensorRawData());
     call.scales = s.GetTensorRawData();
-    call.scale_type = io.scale_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? DType::kFloat : ToDType<kType>();
+    call.scale_type = io.scale_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT  ? DType::kFloat
+                      : io.scale_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? DType::kInt8
+                                                                            : ToDType<kType>();
+    if (call.scale_type == DType::kInt8) {  // double-quantized (ValidateIo checked inputs 4 and 5)
+      call.scale2 = ctx.GetInput(4).GetTensorData<float>();
+      call.offset = ctx.GetInput(5).GetTensorData<float>();
+    }
     call.bias = has_bias ? ctx.GetInput(3).GetTensorRawData() : nullptr;
     call.y = y.GetTensorMutableRawData();
     call.type = ToDType<kType>();
@@ -85,14 +85,16 @@ struct DequantMatMulCudaOp
   }
   const char* GetName() const { return Format::kOp; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 4; }
+  // Inputs: A, B, scales[, bias], and with Format::kDoubleQuant [, scale2, offset] (float32).
+  size_t GetInputTypeCount() const { return Format::kDoubleQuant ? 6 : 4; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
     if (i == 1) return Format::kBType;
-    if (i == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // float32 or A's type: checked in Compute
+    if (i == 2) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // float32, A's type (or int8): checked in Compute
+    if (i >= 4) return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;      // scale2, offset
     return kType;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+    return i >= 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
                   : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }

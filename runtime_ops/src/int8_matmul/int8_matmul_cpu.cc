@@ -22,15 +22,17 @@ struct Int8Format {
   static constexpr const char* kOp = int8mm::kOp;
   static constexpr const char* kScaleName = "scales";
   static constexpr ONNXTensorElementDataType kBType = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  static constexpr bool kDoubleQuant = false;  // 4 inputs: no double-quantized scales
   using Decoder = Int8Decoder;
   static DequantParams Params(const Ort::ConstKernelInfo& info) { return int8mm::ReadParams(info); }
 };
 
 }  // namespace
 
-std::vector<const OrtCustomOp*> Int8MatMulCpuOps() {
-  static DequantMatMulCpuOp<Int8Format, float, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT> f32;
-  static DequantMatMulCpuOp<Int8Format, uint16_t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> f16;
+std::vector<const OrtCustomOp*> Int8MatMulCpuOps(bool portable) {
+  static DequantMatMulCpuOp<Int8Format, float, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT> f32, portable_f32(true);
+  static DequantMatMulCpuOp<Int8Format, uint16_t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> f16, portable_f16(true);
+  if (portable) return {&portable_f32, &portable_f16};
   return {&f32, &f16};
 }
 

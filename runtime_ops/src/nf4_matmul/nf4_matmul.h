@@ -1,10 +1,16 @@
-// NF4MatMul(A, B, absmax[, bias]) -> Y = A @ dequant_nf4(B) (+ bias), domain onnx_compress v1.
+// NF4MatMul(A, B, absmax[, bias][, absmax_scale, absmax_offset]) -> Y = A @ dequant_nf4(B) (+ bias),
+// domain onnx_compress v1.
 //
 // Layout (defined once, in passes/onnx_compress/numerics/nf4.py): output channels in panels
 // of 32, K padded to whole blocks (K_pad):
 //   B      uint8 [N_pad / 32, K_pad, 16]: B[p, k, i] = code(W[k, 32p + i]) | code(W[k, 32p + 16 + i]) << 4,
 //          padding codes are 7 (0.0).
-//   absmax [N_pad / 32, K_pad / block_size, 32], float32 or A's type.
+//   absmax [N_pad / 32, K_pad / block_size, 32], float32 or A's type; or int8 codes when
+//          double-quantized (QLoRA-style), with both of:
+//   absmax_scale  float32 [ceil(size(absmax) / 256)] and absmax_offset float32 [1] or []:
+//          absmax[i] = float(code[i]) * absmax_scale[i / 256] + absmax_offset in float32 (i: flat
+//          row-major index; the 32 channels of a (panel, block) row share one absmax_scale entry),
+//          decoded inside the kernels where they read the absmax. Not allowed with a float absmax.
 //   A      [..., K] float32 / float16 (CPU, CUDA) or bfloat16 (CUDA); Y [..., N] like A.
 // Attributes: K >= 1, N >= 1, block_size in {32, 64, 128, 256} (default 64).
 #pragma once

@@ -28,15 +28,17 @@ struct Nf4Format {
   static constexpr const char* kOp = nf4::kOp;
   static constexpr const char* kScaleName = "absmax";
   static constexpr ONNXTensorElementDataType kBType = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  static constexpr bool kDoubleQuant = true;  // int8 absmax with absmax_scale, absmax_offset
   using Decoder = Nf4Decoder;
   static DequantParams Params(const Ort::ConstKernelInfo& info) { return nf4::ReadParams(info); }
 };
 
 }  // namespace
 
-std::vector<const OrtCustomOp*> Nf4MatMulCpuOps() {
-  static DequantMatMulCpuOp<Nf4Format, float, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT> f32;
-  static DequantMatMulCpuOp<Nf4Format, uint16_t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> f16;
+std::vector<const OrtCustomOp*> Nf4MatMulCpuOps(bool portable) {
+  static DequantMatMulCpuOp<Nf4Format, float, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT> f32, portable_f32(true);
+  static DequantMatMulCpuOp<Nf4Format, uint16_t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> f16, portable_f16(true);
+  if (portable) return {&portable_f32, &portable_f16};
   return {&f32, &f16};
 }
 

@@ -4,8 +4,12 @@ The oracle is A (float64) @ the op's own dequantized weights (numerics/, through
 onnx.reference implementations): this isolates the kernels from quantization error. Shapes
 are odd on purpose (K not a multiple of the block, N not a multiple of the 32-wide panels, M
 on both sides of the GEMV/GEMM switch at 8 rows and of the 12-row GEMM tiles), inputs are
-fresh seeded random, and the output buffer is poisoned with NaN before each run.
+fresh seeded random, and the output buffer is poisoned with NaN before each run. NF4MatMul's
+double-quantized absmax (int8 codes + absmax_scale + absmax_offset) is checked the same way,
+and against the same op given the double-dequantized absmax as float32 (bit-identical).
 
+"cpu-portable" runs the CPU kernels' portable C++ (session config entry
+"onnx_compress.cpu_kernels" = "portable") instead of AVX-512.
 CUDA variants run where onnxruntime has the CUDA execution provider and the CUDA build of our
 library exists (tools/gpu_runtime_ops.sh on the GPU machine); elsewhere they are skipped.
 """
@@ -41,6 +45,7 @@ def _cuda_available() -> bool:
 
 DEVICES = [
     "cpu",
+    "cpu-portable",
     pytest.param(
         "cuda",
         marks=[
@@ -65,6 +70,18 @@ def make_weights(
     return b, sp, int8matmul_weight(b, sp, k, n, block).astype(np.float64)
 
 
+def make_dq_weights(
+    k: int, n: int, block: int, seed: int, scalar_offset: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """NF4MatMul with a double-quantized absmax: (B, int8 codes, absmax_scale, absmax_offset,
+    W' float64 [K, N]); the offset as shape [] or [1]."""
+    w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
+    b, absmax = nf4.quantize(w, block)
+    codes, scale2, offset = nf4.double_quantize(absmax)
+    off = np.array(offset if scalar_offset else [offset], np.float32)
+    return b, codes, scale2, off, nf4matmul_weight(b, codes, k, n, block, scale2, off).astype(np.float64)
+
+
 def make_model(
     op: str,
     k: int,
@@ -75,13 +92,23 @@ def make_model(
     s: np.ndarray,
     bias: np.ndarray | None,
     rank: int = 2,
+    dq: tuple[np.ndarray | None, np.ndarray | None] | None = None,
     **attrs: int,
 ) -> onnx.ModelProto:
+    """One-node model; ``dq``: NF4MatMul's (absmax_scale, absmax_offset) inputs (None: left out)."""
     elem = DTYPES[dtype][0]
     inputs = ["A", "B", "scales"] + (["bias"] if bias is not None else [])
     inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "scales")]
     if bias is not None:
         inits.append(numpy_helper.from_array(bias, "bias"))
+    if dq is not None:
+        inputs += [] if bias is not None else [""]
+        for name, value in zip(("absmax_scale", "absmax_offset"), dq, strict=True):
+            inputs.append(name if value is not None else "")
+            if value is not None:
+                inits.append(numpy_helper.from_array(value, name))
+        while inputs[-1] == "":
+            inputs.pop()
     node_attrs = {"K": k, "N": n, "block_size": block} | attrs
     node = helper.make_node(op, inputs, ["Y"], domain="onnx_compress", **node_attrs)
     a_shape = ["M", k] if rank == 2 else [2, "M", k] if rank == 3 else None  # rank 0: undeclared
@@ -125,7 +152,12 @@ def run_poisoned(sess: ort.InferenceSession, a: np.ndarray, n: int, device: str)
 
 def session(model: onnx.ModelProto, device: str) -> ort.InferenceSession:
     providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return runtime.inference_session(model.SerializeToString(), providers=providers)
+    if device != "cpu-portable":
+        return runtime.inference_session(model.SerializeToString(), providers=providers)
+    # read by the library when it is registered into these options (runtime_ops/src/register.cc)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("onnx_compress.cpu_kernels", "portable")
+    return runtime.inference_session(model.SerializeToString(), providers=providers, options=options)
 
 
 def rel(y: np.ndarray, ref: np.ndarray) -> float:
@@ -145,7 +177,7 @@ CASES = [
     # K a multiple of 8: float16/bfloat16 with M > 4 take the tensor-core kernel on CUDA
     ("NF4MatMul", 320, 100, 64),
     ("Int8MatMul", 256, 65, 64),
-    ("Int8MatMul", 200, 70, 0),    # per channel, K not a multiple of the 32-row k tiles
+    ("Int8MatMul", 200, 70, 0),  # per channel, K not a multiple of the 32-row k tiles
 ]
 
 
@@ -278,7 +310,7 @@ def test_bad_input_sizes_are_errors_not_crashes(device: str) -> None:
         (
             make_model("NF4MatMul", k, n, block, "float32", b, s.astype(np.float16), None),
             good_a,
-            "absmax must be float32 or A's type (float32), got float16",
+            "absmax must be float32, A's type (float32) or int8 (double-quantized), got float16",
         ),
         (
             make_model("NF4MatMul", k, n, block, "float32", b, s, np.ones(n + 1, np.float32)),
@@ -293,6 +325,151 @@ def test_bad_input_sizes_are_errors_not_crashes(device: str) -> None:
     # and the process is fine afterwards: a good run still works
     sess = session(make_model("NF4MatMul", k, n, block, "float32", b, s, None), device)
     assert np.isfinite(sess.run(None, {"A": good_a})[0]).all()
+
+
+# ---- NF4MatMul with a double-quantized absmax -------------------------------------------------
+# (K, N, block): the 256-entry absmax_scale blocks cover 8 (panel, block) rows of 32, so with 10
+# blocks per channel (300, 65, 32) one entry spans two panels; K multiples of 8 take the CUDA
+# tensor-core kernel for float16 with M > 2; 1000 makes several GEMV steps along K.
+DQ_CASES = [
+    (100, 33, 64),  # one absmax_scale entry
+    (300, 65, 32),
+    (77, 19, 32),
+    (320, 100, 64),
+    (1000, 40, 128),
+    (512, 40, 256),  # K a multiple of the block
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("k", "n", "block"), DQ_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_double_quantized_absmax_matches_reference(device: str, k: int, n: int, block: int, dtype: str) -> None:
+    np_dtype = DTYPES[dtype][1]
+    seed = 7919 * k + 31 * n + block + (dtype == "float16")
+    for scalar_offset, with_bias in itertools.product((False, True), (False, True)):
+        b, codes, scale2, off, w = make_dq_weights(k, n, block, seed, scalar_offset)
+        rng = np.random.default_rng(seed + 1)
+        bias = rng.standard_normal(n).astype(np_dtype) if with_bias else None
+        sess = session(make_model("NF4MatMul", k, n, block, dtype, b, codes, bias, dq=(scale2, off)), device)
+        # the same op given the double-dequantized absmax as float32: the kernels decode the int8
+        # codes to the same float32 values (multiply, then add), so the outputs are identical
+        absmax = nf4.double_dequantize(codes, scale2, off)
+        plain = session(make_model("NF4MatMul", k, n, block, dtype, b, absmax, bias), device)
+        for m in (1, 3, 17):
+            a = rng.standard_normal((m, k)).astype(np_dtype)
+            ref = a.astype(np.float64) @ w + (bias.astype(np.float64) if bias is not None else 0)
+            y = run_poisoned(sess, a, n, device)
+            assert y.shape == (m, n) and y.dtype == np_dtype
+            assert np.isfinite(y).all(), "an output element was never written"
+            assert rel(y, ref) < TOL[f"kernel_{dtype}"], (m, scalar_offset, with_bias)
+            np.testing.assert_array_equal(y, run_poisoned(plain, a, n, device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_double_quantized_absmax_rank3_and_large_m(device: str, dtype: str) -> None:
+    k, n, block = 200, 70, 64
+    np_dtype = DTYPES[dtype][1]
+    b, codes, scale2, off, w = make_dq_weights(k, n, block, 15)
+    bias = np.random.default_rng(16).standard_normal(n).astype(np_dtype)
+    sess = session(make_model("NF4MatMul", k, n, block, dtype, b, codes, bias, rank=3, dq=(scale2, off)), device)
+    rng = np.random.default_rng(17)
+    for m in (1, 5, 37, 150):  # 2..300 rows: GEMV, GEMM tiles and their remainders
+        a = rng.standard_normal((2, m, k)).astype(np_dtype)
+        y = run_poisoned(sess, a, n, device)
+        assert y.shape == (2, m, n)
+        assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL[f"kernel_{dtype}"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+def test_double_quantized_absmax_bfloat16_on_cuda() -> None:
+    k, n, block = 320, 65, 64
+    b, codes, scale2, off, w = make_dq_weights(k, n, block, 19)
+    sess = session(make_model("NF4MatMul", k, n, block, "bfloat16", b, codes, None, dq=(scale2, off)), "cuda")
+    for m in (1, 3, 17):
+        a = np.random.default_rng(m).standard_normal((m, k)).astype(ml_dtypes.bfloat16)
+        y = run_poisoned(sess, a, n, "cuda")
+        assert rel(y, a.astype(np.float64) @ w) < TOL["kernel_bfloat16"]
+
+
+def test_reference_evaluator_double_quantized_absmax() -> None:
+    k, n, block = 300, 65, 32
+    b, codes, scale2, off, w = make_dq_weights(k, n, block, 3)
+    bias = np.random.default_rng(4).standard_normal(n).astype(np.float32)
+    a = np.random.default_rng(5).standard_normal((3, k)).astype(np.float32)
+    for with_bias in (False, True):
+        model = make_model("NF4MatMul", k, n, block, "float32", b, codes, bias if with_bias else None, dq=(scale2, off))
+        (y,) = ReferenceEvaluator(model, new_ops=OPS).run(None, {"A": a})
+        ref = a.astype(np.float64) @ w + (bias.astype(np.float64) if with_bias else 0)
+        np.testing.assert_allclose(y, ref.astype(np.float32), rtol=1e-6, atol=1e-6)
+    # the weight differs from the one with the original float32 absmax (the codes are used)
+    _, absmax = nf4.quantize(np.random.default_rng(3).standard_normal((k, n)).astype(np.float32), block)
+    assert not np.array_equal(w, nf4matmul_weight(b, absmax, k, n, block))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_quantized_absmax_input_errors(device: str) -> None:
+    k, n, block = 100, 33, 64  # absmax [2, 2, 32]: 128 entries, one absmax_scale entry
+    b, codes, scale2, off, _ = make_dq_weights(k, n, block, 0)
+    absmax = nf4.double_dequantize(codes, scale2, off)
+    a = np.ones((2, k), np.float32)
+
+    def model(s: np.ndarray, dq: tuple[np.ndarray | None, np.ndarray | None] | None) -> onnx.ModelProto:
+        return make_model("NF4MatMul", k, n, block, "float32", b, s, None, dq=dq)
+
+    cases = [
+        (
+            model(codes, None),
+            "absmax is int8 (double-quantized): absmax_scale and absmax_offset (inputs 4 and 5) are required, "
+            "got neither",
+        ),
+        (model(codes, (scale2, None)), "are required, got only absmax_scale"),
+        (model(codes, (None, off)), "are required, got only absmax_offset"),
+        (
+            model(codes, (np.concatenate([scale2, scale2]), off)),
+            "absmax_scale must have shape [1] (one entry per 256 of the 128 absmax entries), got [2]",
+        ),
+        (model(codes, (scale2, np.zeros(2, np.float32))), "absmax_offset must have shape [1] or [], got [2]"),
+        (
+            model(absmax, (scale2, off)),
+            "absmax_scale and absmax_offset are only for an int8 (double-quantized) absmax, got a float32 absmax "
+            "with absmax_scale and absmax_offset",
+        ),
+        (model(absmax, (None, off)), "got a float32 absmax with only absmax_offset"),
+        (
+            model(codes.view(np.uint8), (scale2, off)),
+            "absmax must be float32, A's type (float32) or int8 (double-quantized), got uint8",
+        ),
+    ]
+    for m, message in cases:
+        sess = session(m, device)
+        with pytest.raises(Exception, match=re.escape(message)):
+            sess.run(None, {"A": a})
+    # and the process is fine afterwards: a good run still works
+    sess = session(model(codes, (scale2, off)), device)
+    assert np.isfinite(sess.run(None, {"A": a})[0]).all()
+
+
+def test_double_quantized_absmax_scale_must_be_float32() -> None:
+    # inputs 4 and 5 are declared float32: ORT itself refuses another type when the session is made
+    b, codes, scale2, off, _ = make_dq_weights(100, 33, 64, 0)
+    model = make_model("NF4MatMul", 100, 33, 64, "float32", b, codes, None, dq=(scale2.astype(np.float16), off))
+    with pytest.raises(Exception, match=re.escape("input parameter (absmax_scale)")):
+        session(model, "cpu")
+
+
+def test_int8matmul_takes_no_double_quantized_scales() -> None:
+    # Int8MatMul keeps its 4 inputs: a 6-input node is refused when the session is made...
+    b, s, _ = make_weights("Int8MatMul", 64, 32, 0, np.float32, 0)
+    extra = (np.ones(1, np.float32), np.zeros(1, np.float32))
+    with pytest.raises(Exception, match=re.escape("input size 6 not in range [min=3, max=4]")):
+        session(make_model("Int8MatMul", 64, 32, 0, "float32", b, s, None, dq=extra), "cpu")
+    # ... and int8 scales stay an error
+    sess = session(make_model("Int8MatMul", 64, 32, 0, "float32", b, s.astype(np.int8), None), "cpu")
+    with pytest.raises(Exception, match=re.escape("scales must be float32 or A's type (float32), got int8")):
+        sess.run(None, {"A": np.ones((2, 64), np.float32)})
 
 
 def test_library_path_error_is_clear(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
