@@ -93,3 +93,66 @@ def test_relative_error_on_gaussian_weights(block: int, low: float, high: float)
     b, a = nf4.quantize(w, block)
     rel = np.linalg.norm(nf4.dequantize(b, a, 4096, 256, block) - w) / np.linalg.norm(w)
     assert low < rel < high
+
+
+def test_encoder_tables_are_safe() -> None:
+    # every bucket of width 1/32 holds at most one threshold, none within 1e-3 of a bucket edge,
+    # so an index off by one float32 rounding cannot change a code
+    t = nf4.THRESHOLDS.astype(np.float64) * 32
+    assert np.all(np.diff(np.floor(t)) >= 1)
+    assert np.min(np.abs(t - np.rint(t))) > 1e-3 * 32
+
+
+def test_encode_equals_threshold_count() -> None:
+    rng = np.random.default_rng(3)
+    t = nf4.THRESHOLDS
+    edges = np.concatenate([t, np.nextafter(t, np.float32(2)), np.nextafter(t, np.float32(-2))])
+    x = np.concatenate(
+        [
+            rng.uniform(-1, 1, 200_000).astype(np.float32),
+            edges,
+            (np.arange(-32, 33) / np.float32(32)).astype(np.float32),  # bucket edges
+            np.float32([-1.0, 1.0, 0.0, -0.0, np.nextafter(1, 2), np.nextafter(-1, -2)]),
+        ]
+    ).astype(np.float32)
+    np.testing.assert_array_equal(nf4.encode(x), np.searchsorted(t, x, side="left"))
+
+
+@pytest.mark.parametrize(("k", "n", "block"), [(256, 48, 64), (200, 33, 64), (40, 7, 64), (512, 64, 128)])
+def test_quantize_kn_matches_blocks_along_k(k: int, n: int, block: int) -> None:
+    w = np.random.default_rng(k + n).standard_normal((k, n)).astype(np.float32)
+    codes, absmax = nf4.quantize_kn(w, block)
+    ref_codes, ref_absmax = nf4.quantize_blocks(w.T, block)
+    np.testing.assert_array_equal(codes, ref_codes.T)
+    np.testing.assert_array_equal(absmax, ref_absmax.T)
+    np.testing.assert_array_equal(
+        nf4.dequantize_kn(codes, absmax, block), nf4.dequantize_blocks(ref_codes, ref_absmax, block).T
+    )
+    b, a = nf4.panel_pack_kn(codes, absmax, block)
+    b2, a2 = nf4.panel_pack(ref_codes, ref_absmax, k, n, block)
+    np.testing.assert_array_equal(b, b2)
+    np.testing.assert_array_equal(a, a2)
+    if k % block == 0:  # MatMulBnb4's layout from the same codes
+        packed, am = nf4.bnb4_pack_kn(codes, absmax, block)
+        np.testing.assert_array_equal(packed, nf4.pack(ref_codes.reshape(-1)))
+        np.testing.assert_array_equal(am, ref_absmax.reshape(-1))
+
+
+def test_double_quantization() -> None:
+    w = (np.random.default_rng(4).standard_normal((1000, 300)) * 0.02).astype(np.float32)
+    _, am = nf4.quantize(w, 64)
+    codes, scale2, offset = nf4.double_quantize(am)
+    assert codes.dtype == np.int8 and codes.shape == am.shape
+    assert scale2.dtype == np.float32 and scale2.shape == (-(-am.size // nf4.DQ_BLOCK),)
+    assert offset == np.float32(am.astype(np.float64).mean())
+    decoded = nf4.double_dequantize(codes, scale2, offset)
+    # linear 8-bit codes: each value within half a step (scale2 / 2) of the original
+    step = np.repeat(scale2, nf4.DQ_BLOCK)[: am.size].reshape(am.shape)
+    assert np.all(np.abs(decoded - am) <= step / 2 * (1 + 1e-5) + 1e-9)
+    assert np.abs(codes).max() == 127
+    # decoding is exactly code * scale2 + offset in float32
+    flat = codes.reshape(-1).astype(np.float32) * np.repeat(scale2, nf4.DQ_BLOCK)[: am.size] + offset
+    np.testing.assert_array_equal(decoded.reshape(-1), flat)
+    # all-equal absmax: a zero scale2 and codes 0, decoding to the offset itself
+    c0, s0, o0 = nf4.double_quantize(np.full((2, 3, 32), 0.5, np.float32))
+    assert np.all(c0 == 0) and np.all(s0 == 0) and np.all(nf4.double_dequantize(c0, s0, o0) == 0.5)
