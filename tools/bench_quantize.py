@@ -9,11 +9,21 @@ of MatMul weight parameters in the model divided by the wall time of that proces
     python -m tools.bench_quantize --models minilm    # just one
     python -m tools.bench_quantize --json out.json
 
-Quantizers:
-  ours-int8          onnx-compress --quantize int8 (per channel, QDQ), --no-verify
-  ours-int8-nbits    onnx-compress --format matmulnbits --block-size 128, --no-verify
+Quantizers (ours all with --no-verify; 4-bit ones with --int8 '' so that every layer is 4-bit,
+as ORT's quantizers do it):
+  ours-int8          onnx-compress --quantize int8 (per channel, QDQ)
+  ours-int8-nbits    onnx-compress --format matmulnbits --block-size 128
+  ours-int4          onnx-compress --quantize int4 --format matmulnbits (block 128, symmetric)
+  ours-int4-qdq      onnx-compress --quantize int4 (QDQ int4, block 128, symmetric)
+  ours-nf4           onnx-compress --quantize nf4 (NF4MatMul, block 64)
+  ours-nf4-bnb4      onnx-compress --quantize nf4 --format bnb4 (MatMulBnb4, block 64)
   ort-nbits8         onnxruntime MatMulNBitsQuantizer(bits=8, block 128, symmetric)
   ort-dynamic        onnxruntime quantize_dynamic(per_channel=True, QInt8 weights)
+  ort-nbits4         onnxruntime MatMulNBitsQuantizer(bits=4, block 128, symmetric, QOperator)
+  ort-nbits4-qdq     onnxruntime MatMulNBitsQuantizer(bits=4, block 128, symmetric, QDQ)
+  ort-bnb4           onnxruntime MatMulBnb4Quantizer(NF4, block 64)
+
+Each of ours is compared with the ORT quantizers of its family (int8, int4, nf4).
 """
 
 from __future__ import annotations
@@ -49,7 +59,50 @@ _RUNNERS = {
         "from onnxruntime.quantization import QuantType, quantize_dynamic",
         "quantize_dynamic(SRC, DST, per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=EXTERNAL)",
     ),
+    "ours-int4": (
+        "from onnx_compress.cli import main",
+        'assert main([SRC, DST, "--no-verify", "-q", "--quantize", "int4", "--format", "matmulnbits", '
+        '"--int8", ""]) == 0',
+    ),
+    "ours-int4-qdq": (
+        "from onnx_compress.cli import main",
+        'assert main([SRC, DST, "--no-verify", "-q", "--quantize", "int4", "--int8", ""]) == 0',
+    ),
+    "ours-nf4": (
+        "from onnx_compress.cli import main",
+        'assert main([SRC, DST, "--no-verify", "-q", "--quantize", "nf4", "--int8", ""]) == 0',
+    ),
+    "ours-nf4-bnb4": (
+        "from onnx_compress.cli import main",
+        'assert main([SRC, DST, "--no-verify", "-q", "--quantize", "nf4", "--format", "bnb4", "--int8", ""]) == 0',
+    ),
+    "ort-nbits4": (
+        "import onnx\nfrom onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer",
+        "q = MatMulNBitsQuantizer(onnx.load(SRC), bits=4, block_size=128, is_symmetric=True, "
+        "accuracy_level=4)\nq.process()\n"
+        "q.model.save_model_to_file(DST, use_external_data_format=EXTERNAL)",
+    ),
+    "ort-nbits4-qdq": (
+        "import onnx\nfrom onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer\n"
+        "from onnxruntime.quantization.quant_utils import QuantFormat",
+        "q = MatMulNBitsQuantizer(onnx.load(SRC), bits=4, block_size=128, is_symmetric=True, "
+        "quant_format=QuantFormat.QDQ)\nq.process()\n"
+        "q.model.save_model_to_file(DST, use_external_data_format=EXTERNAL)",
+    ),
+    "ort-bnb4": (
+        "import onnx\nfrom onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer",
+        "q = MatMulBnb4Quantizer(onnx.load(SRC), MatMulBnb4Quantizer.NF4, 64)\nq.process()\n"
+        "q.model.save_model_to_file(DST, use_external_data_format=EXTERNAL)",
+    ),
 }
+
+# Which ORT quantizers each of ours is compared with.
+_FAMILY = {"int8": ("ort-nbits8", "ort-dynamic"), "int4": ("ort-nbits4", "ort-nbits4-qdq"), "nf4": ("ort-bnb4",)}
+
+
+def _family(name: str) -> tuple[str, ...]:
+    return _FAMILY[name.split("-")[1]]
+
 
 # Peak RSS is read from /proc/self/status (VmHWM): getrusage's ru_maxrss survives exec and
 # would report the parent's peak for a child forked from a large parent.
@@ -156,7 +209,7 @@ def main() -> None:
                     f"peak RSS {r['max_rss'] / 2**20:7.0f} MiB ({r['rss_over_model']:.2f}x model)"
                 )
                 if q.startswith("ours"):
-                    for other in (k for k in base if k.startswith("ort")):
+                    for other in (k for k in base if k in _family(q)):
                         o = base[other]
                         line += (
                             f"\n{'':20s}vs {other}: {o['seconds'] / r['seconds']:.2f}x speed, "

@@ -171,11 +171,14 @@ def quantize(
 
 def dequantize(qw: Int4Weight, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     """``(q - zp) * scale`` [K, N] (DequantizeLinear's math, in float32)."""
-    k = qw.q.shape[0]
+    k, n = qw.q.shape
+    bs = qw.block_size
+    kb = qw.scales.shape[0]
     q = qw.q.astype(np.float32)
+    q3 = q.reshape(kb, bs, n) if k % bs == 0 else q
     if qw.zero_points is not None:
-        q -= np.repeat(qw.zero_points.astype(np.float32), qw.block_size, axis=0)[:k]
-    q *= np.repeat(qw.scales.astype(np.float32), qw.block_size, axis=0)[:k]
+        q3 -= _per_row(qw.zero_points.astype(np.float32), k, bs)
+    q3 *= _per_row(qw.scales.astype(np.float32), k, bs)
     return q.astype(dtype, copy=False)
 
 

@@ -225,14 +225,22 @@ def _encode_int4(site: Site, target: Target) -> Encoded:
 
 
 # ---- nf4 ----------------------------------------------------------------------------------
-def _nf4_codes(site: Site, bs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Codes [K, N] and float32 absmax [kb, N] of the whole weight, read piecewise."""
+def _nf4_codes(site: Site, bs: int, stored: np.dtype | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Codes [K, N] and float32 absmax [kb, N] of the whole weight, read piecewise, with the
+    relative error of the codes under the absmax rounded to ``stored`` (None: not measured)."""
     k, n = site.k, site.n
     codes = np.empty((k, n), np.uint8)
     absmax = np.empty((-(-k // bs), n), np.float32)
+    err = total = 0.0
     for ks, ns, piece in read_kn(site, bs):
-        codes[ks, ns], absmax[_blocks(ks, bs), ns] = nf4.quantize_kn(piece, bs)
-    return codes, absmax
+        c, a = nf4.quantize_kn(piece, bs)
+        codes[ks, ns], absmax[_blocks(ks, bs), ns] = c, a
+        if stored is not None:
+            d = nf4.dequantize_kn(c, a.astype(stored).astype(np.float32, copy=False), bs)
+            d -= piece
+            err += float(np.vdot(d, d))
+            total += float(np.vdot(piece, piece))
+    return codes, absmax, _rel(err, total)
 
 
 def _error_against(site: Site, bs: int, codes: np.ndarray, absmax_eff: np.ndarray) -> float:
@@ -254,13 +262,14 @@ def _absmax_dtype(site: Site) -> np.dtype:
 
 def _encode_nf4(site: Site, target: Target) -> Encoded:
     bs, k, n = target.block_size, site.k, site.n
-    codes, absmax = _nf4_codes(site, bs)
     if target.double_quant:
+        codes, absmax, _ = _nf4_codes(site, bs, None)
         b, am_panel = nf4.panel_pack_kn(codes, absmax, bs)
         am_codes, am_scale, am_offset = nf4.double_quantize(am_panel)
         eff_panel = nf4.double_dequantize(am_codes, am_scale, am_offset)
         _, eff_nb = nf4.panel_unpack(b, eff_panel, k, n)
         eff = np.ascontiguousarray(eff_nb.T)
+        err = _error_against(site, bs, codes, eff)  # the decoded absmax depends on the whole weight
         arrays = {
             "b": b,
             "absmax": am_codes,
@@ -268,11 +277,12 @@ def _encode_nf4(site: Site, target: Target) -> Encoded:
             "absmax_offset": np.asarray([am_offset], np.float32),
         }
     else:
-        stored = absmax.astype(_absmax_dtype(site))
+        dtype = _absmax_dtype(site)
+        codes, absmax, err = _nf4_codes(site, bs, dtype)
+        stored = absmax.astype(dtype)
         b, am_panel = nf4.panel_pack_kn(codes, stored, bs)
         eff = stored.astype(np.float32)
         arrays = {"b": b, "absmax": am_panel}
-    err = _error_against(site, bs, codes, eff)
     return Encoded(target, arrays, err, lambda: nf4.dequantize_kn(codes, eff, bs))
 
 
@@ -283,11 +293,10 @@ def _encode_bnb4(site: Site, target: Target) -> Encoded:
     bs, k, n = target.block_size, site.k, site.n
     dtype = site.tensor.dtype.numpy()
     if k % bs == 0:
-        codes, absmax = _nf4_codes(site, bs)
+        codes, absmax, err = _nf4_codes(site, bs, dtype)
         stored = absmax.astype(dtype)
         packed, am_flat = nf4.bnb4_pack_kn(codes, stored, bs)
         eff = stored.astype(np.float32)
-        err = _error_against(site, bs, codes, eff)
         return Encoded(target, {"b": packed, "absmax": am_flat}, err, lambda: nf4.dequantize_kn(codes, eff, bs))
     w_flat = np.ascontiguousarray(weight_kn(site).T).reshape(-1)
     codes_flat, absmax_flat = nf4.quantize_blocks(w_flat, bs)
