@@ -16,6 +16,7 @@ from onnx_compress.errors import (
     OnnxCompressError,
     OutputPathError,
     RecipeError,
+    RuntimeLibraryError,
     UnsupportedModelError,
     VerificationError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Report",
+    "RuntimeLibraryError",
     "UnsupportedModelError",
     "VerificationError",
     "Verify",

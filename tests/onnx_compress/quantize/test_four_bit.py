@@ -390,3 +390,23 @@ def test_k_smaller_than_block_is_a_clear_error(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert "K=48" in err and "--exclude 'layers\\.1\\.weight'" in err
     assert not any(p.name.startswith("q.onnx") for p in tmp_path.iterdir())
+
+
+def test_custom_ops_need_the_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(tiny.mlp((256, 128, 64), opset=21), src)
+    # with the library: verified, and the summary says how to load it
+    assert main([str(src), str(tmp_path / "ok.onnx"), "--quantize", "nf4"]) == 0
+    printed = capsys.readouterr().out
+    assert "onnx_compress custom ops" in printed and "register_custom_ops_library" in printed
+    # without it: exit 8 naming the fix, nothing written
+    from onnx_compress import runtime
+
+    monkeypatch.setattr(runtime, "_LIB_DIR", tmp_path / "no-lib")
+    assert main([str(src), str(tmp_path / "q.onnx"), "--quantize", "nf4"]) == 8
+    assert "is not built; build it with `make setup`" in capsys.readouterr().err
+    assert not any(p.name.startswith("q.onnx") for p in tmp_path.iterdir())
+    # --no-verify writes the model: running it is the user's business
+    assert main([str(src), str(tmp_path / "q.onnx"), "--quantize", "nf4", "--no-verify", "-q"]) == 0
