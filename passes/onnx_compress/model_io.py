@@ -3,6 +3,9 @@
 * :func:`load` validates the file (exists, is ONNX, not truncated, external data present and
   long enough) and returns an ``ir.Model`` whose external initializers stay on disk until a
   pass reads them (onnx_ir external tensors): a model over 2 GB costs only its graph in RAM.
+  Weights stored inline in a single ``.onnx`` file are treated the same way: the file's
+  protobuf is scanned without parsing them (:mod:`onnx_compress.proto_scan`) and each large
+  one becomes an external tensor that points into the model file itself.
 * :class:`StagedOutput` writes a model next to its destination (a temporary folder in the same
   folder, so the final rename is atomic), lets the caller verify the staged files, and only
   then moves them into place. On any failure nothing is left behind and no existing file at
@@ -31,6 +34,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from onnx_compress import proto_scan
 from onnx_compress.errors import ModelLoadError, OutputPathError
 
 logger = logging.getLogger(__name__)
@@ -45,13 +49,20 @@ def _initializers(model: ir.Model) -> Iterator[ir.Value]:
         yield from graph.initializers.values()
 
 
+_SOURCE_KEY = "onnx_compress.inline_source"
+
+
 def external_data_paths(model: ir.Model) -> set[Path]:
-    """Resolved paths of every external-data file the model's initializers refer to."""
+    """Resolved paths of every external-data file the model's initializers refer to (not the
+    model file itself, which :func:`load` reads inline weights from)."""
+    own = model.meta.get(_SOURCE_KEY)
     paths = set()
     for value in _initializers(model):
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor):
-            paths.add(Path(tensor.path).resolve())
+            path = Path(tensor.path).resolve()
+            if path != own:
+                paths.add(path)
     return paths
 
 
@@ -69,12 +80,15 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise ModelLoadError(f"input model '{p}' is not a file (expected an .onnx file)")
     if p.stat().st_size == 0:
         raise ModelLoadError(f"input model '{p}' is empty (0 bytes), not an ONNX model")
-    try:
-        proto = onnx.load(str(p), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(
-            f"input model '{p}' is not a valid ONNX protobuf (truncated or not ONNX): {_first_line(e)}"
-        ) from e
+    proto = proto_scan.load_lazily(p)
+    lazy = proto is not None
+    if proto is None:
+        try:
+            proto = onnx.load(str(p), load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
+            raise ModelLoadError(
+                f"input model '{p}' is not a valid ONNX protobuf (truncated or not ONNX): {_first_line(e)}"
+            ) from e
     _check_proto_structure(proto, p)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -82,6 +96,8 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise ModelLoadError(f"input model '{p}' has a malformed graph: {_first_line(e)}") from e
     del proto
     ir.external_data.set_base_dir(model.graph, str(p.parent))
+    if lazy:
+        model.meta[_SOURCE_KEY] = p.resolve()
     _check_external_data(model, p)
     return model
 
@@ -216,6 +232,10 @@ class StagedOutput:
         if external_data is None:
             external_data = bool(external_data_paths(model)) or model_nbytes(model) > _EXTERNAL_DATA_THRESHOLD
         self.external_data = self.destination.name + ".data" if external_data else None
+        if not external_data and any(isinstance(v.const_value, ir.ExternalTensor) for v in _initializers(model)):
+            # a single file must hold every weight: read the ones still on disk (left float,
+            # or inline in the input file) into memory first
+            ir.external_data.load_to_model(model)
         try:
             ir.save(model, self.model_path, external_data=self.external_data)
         except OSError as e:
