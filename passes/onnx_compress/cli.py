@@ -18,6 +18,8 @@ from onnx_compress.errors import OnnxCompressError, OutputPathError, RecipeError
 from onnx_compress.recipe import (
     DEFAULT_RECIPE,
     AccuracyLevel,
+    AttentionTarget,
+    FuseAttention,
     QuantizeWeights,
     Recipe,
     Verify,
@@ -45,6 +47,10 @@ examples:
   onnx-compress model.onnx out.onnx --quantize int4 --max-layer-error 0.15 --report r.json
       layers whose 4-bit output error exceeds 15% fall back to int8 (then float)
   onnx-compress model.onnx out.onnx --exclude 'lm_head|embed' --report report.json
+  onnx-compress model.onnx out.onnx --target ort-cpu --no-quantize
+      only fuse attention (MultiHeadAttention for ORT CPU), weights untouched
+  onnx-compress inspect model.onnx [--target ort-cuda]
+      list each attention block, what it would become, or why it is not fused
   onnx-compress --print-recipe --block-size 64 > recipe.toml
   onnx-compress model.onnx out.onnx --recipe recipe.toml
 
@@ -66,8 +72,13 @@ _STEP_FLAGS = (
     "min_dim",
     "accuracy_level",
     "max_layer_error",
+    "target",
+    "fuse_attention",
+    "no_quantize",
 )
 
+
+_ATTENTION_FLAGS = ("target", "fuse_attention", "no_quantize")
 
 _CUSTOM_OPS_HINT = """\
 this model uses onnx_compress custom ops (NF4MatMul / Int8MatMul): ONNX Runtime needs our library
@@ -159,6 +170,22 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="MatMulNBits accuracy_level (default 4: int8 activations, ORT CPU's fast path)",
     )
+    a = p.add_argument_group("attention")
+    a.add_argument(
+        "--fuse-attention",
+        dest="fuse_attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fuse attention subgraphs into the target's attention op (default: on)",
+    )
+    a.add_argument(
+        "--target",
+        choices=[t.value for t in AttentionTarget],
+        default=None,
+        help="runtime the model is for: ort-cuda (default; GroupQueryAttention/MultiHeadAttention), "
+        "ort-cpu (MultiHeadAttention), tensorrt / onnx (ONNX Attention, opset 23)",
+    )
+    q.add_argument("--no-quantize", action="store_true", default=None, help="leave the weights float")
     r = p.add_argument_group("recipe")
     r.add_argument("--recipe", type=Path, metavar="TOML", help="read the steps from a recipe file")
     r.add_argument("--print-recipe", action="store_true", help="print the effective recipe as TOML and exit")
@@ -223,7 +250,19 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
             fields["min_dim"] = given["min_dim"]
         if "accuracy_level" in given:
             fields["accuracy_level"] = AccuracyLevel(given["accuracy_level"])
-        recipe = dataclasses.replace(DEFAULT_RECIPE, steps=(QuantizeWeights(**fields),))
+        steps: list[Any] = []
+        if given.get("fuse_attention", True):
+            target = AttentionTarget(given["target"]) if "target" in given else AttentionTarget.ORT_CUDA
+            steps.append(FuseAttention(target=target))
+        elif "target" in given:
+            raise RecipeError("--target has no effect with --no-fuse-attention")
+        if given.get("no_quantize"):
+            if fields:
+                flags = ", ".join("--" + k.replace("_", "-") for k in given if k not in _ATTENTION_FLAGS)
+                raise RecipeError(f"{flags} cannot be combined with --no-quantize")
+        else:
+            steps.append(QuantizeWeights(**fields))
+        recipe = dataclasses.replace(DEFAULT_RECIPE, steps=tuple(steps))
     verify: Verify = recipe.verify
     if args.no_verify:
         verify = dataclasses.replace(verify, enabled=False)
@@ -251,7 +290,38 @@ def _progress(quiet: bool) -> Any:
     return lambda it, **kw: tqdm(it, file=sys.stderr, leave=False, **kw)
 
 
+def _inspect(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="onnx-compress inspect",
+        description="List each attention block of a model: what the fusion would lower it to, "
+        "its mask class, or the reason it is not fused. Nothing is written.",
+    )
+    p.add_argument("model", help="input .onnx model")
+    p.add_argument("--target", choices=[t.value for t in AttentionTarget], default=AttentionTarget.ORT_CUDA.value)
+    p.add_argument("--json", action="store_true", help="print the blocks as JSON")
+    args = p.parse_args(argv)
+    _setup_logging(0, False)
+    try:
+        import json
+
+        from onnx_compress import model_io
+        from onnx_compress.attention.fuse import find_blocks, format_blocks
+
+        reports = find_blocks(model_io.load(args.model), AttentionTarget(args.target))
+        if args.json:
+            print(json.dumps([r.to_dict() for r in reports], indent=2))
+        else:
+            print(format_blocks(reports))
+        return 0
+    except OnnxCompressError as e:
+        logger.error("%s", e)
+        return e.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["inspect"]:
+        return _inspect(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)

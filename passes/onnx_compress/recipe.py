@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_RECIPE",
     "STEP_ORDER",
     "AccuracyLevel",
+    "AttentionTarget",
+    "FuseAttention",
     "QuantizeWeights",
     "Recipe",
     "Step",
@@ -239,12 +241,41 @@ class QuantizeWeights:
         return [QuantizeWeightsPass(self, progress=context.progress, layer_inputs=context.layer_inputs)]
 
 
-Step: TypeAlias = QuantizeWeights
+class AttentionTarget(enum.Enum):
+    """Where the fused model will run: decides which attention op each block becomes."""
+
+    ORT_CUDA = "ort-cuda"  # MultiHeadAttention / GroupQueryAttention (flash kernels on fp16/bf16)
+    ORT_CPU = "ort-cpu"  # MultiHeadAttention
+    TENSORRT = "tensorrt"  # ONNX Attention (opset 23), single output, no past inputs
+    ONNX = "onnx"  # portable ONNX Attention (opset 23) with past_key/past_value
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseAttention:
+    """Fuse each attention subgraph (and each ONNX Attention node) into the target's op.
+
+    Attributes:
+        target: the runtime the model is for (see :class:`AttentionTarget`).
+    """
+
+    KIND: ClassVar[str] = "fuse_attention"
+
+    target: AttentionTarget = AttentionTarget.ORT_CUDA
+
+    def build(self, context: PassContext) -> list[ir.passes.PassBase]:
+        from onnx_compress.attention.fuse import FuseAttentionPass
+
+        return [FuseAttentionPass(self.target)]
+
+
+Step: TypeAlias = FuseAttention | QuantizeWeights
 """Union of every step type (grows as passes are added)."""
 
-STEP_TYPES: Mapping[str, type[Step]] = types.MappingProxyType({QuantizeWeights.KIND: QuantizeWeights})
+STEP_TYPES: Mapping[str, type[Step]] = types.MappingProxyType(
+    {FuseAttention.KIND: FuseAttention, QuantizeWeights.KIND: QuantizeWeights}
+)
 
-STEP_ORDER: Mapping[type[Step], int] = types.MappingProxyType({QuantizeWeights: 100})
+STEP_ORDER: Mapping[type[Step], int] = types.MappingProxyType({FuseAttention: 10, QuantizeWeights: 100})
 """Where each step may stand: steps must appear in non-decreasing rank, each kind at most once.
 Graph restructuring comes first, then weight rewrites that need float weights, quantization last."""
 
@@ -294,7 +325,7 @@ class PassContext:
 class Recipe:
     """An ordered, validated sequence of steps plus verification settings."""
 
-    steps: tuple[Step, ...] = (QuantizeWeights(),)
+    steps: tuple[Step, ...] = (FuseAttention(), QuantizeWeights())
     verify: Verify = Verify()
 
     def __post_init__(self) -> None:
@@ -468,5 +499,6 @@ def _to_lines(obj: Any) -> list[str]:
 
 
 DEFAULT_RECIPE = Recipe()
-"""What ``onnx-compress in.onnx out.onnx`` does with no options: INT8 per-channel weights in
-standard QDQ form (lm_head and layers with K or N < 16 stay float), then verification."""
+"""What ``onnx-compress in.onnx out.onnx`` does with no options: attention fused for ORT CUDA,
+INT8 per-channel weights in standard QDQ form (lm_head and layers with K or N < 16 stay float),
+then verification."""
