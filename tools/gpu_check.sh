@@ -10,6 +10,7 @@
 # build: the CUDA build of runtime_ops, the CUDA op tests (double-quantized absmax included)
 #        and the standalone kernel benchmark (nf4, nf4dq, int8 against cuBLAS fp16).
 # models: tools/gpu_models.py on .gpu/models/*.onnx: every 4-bit form on ORT CUDA vs ORT CPU.
+# attention (carry .gpu/attn; after the install): tools/gpu_attention.py run, fused vs unfused.
 # Logs go to $OUT (or /tmp/oco-out).
 set -uo pipefail
 out=${OUT:-/tmp/oco-out}
@@ -38,5 +39,11 @@ case "${1:-}" in
         | tee -a "$out/gpu_models.log"
     done
     ;;
-  *) echo "usage: $0 build|models"; exit 2 ;;
+  attention)
+    # fused vs unfused attention (tools/gpu_attention.py; models from its prepare step)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+    timeout 500 python3 -m tools.gpu_attention run .gpu/attn --json "$out/gpu_attention.json" 2>&1 \
+      | tee "$out/gpu_attention.log"
+    ;;
+  *) echo "usage: $0 build|models|attention"; exit 2 ;;
 esac

@@ -1,0 +1,168 @@
+"""Attention fusion on ORT CUDA: fused vs unfused latency, peak GPU memory, and the kernel ORT chose.
+
+Two steps (the GPU machine has no transformers export, so models are prepared here):
+
+    python -m tools.gpu_attention prepare            # this machine: .gpu/attn/*.onnx
+    python -m tools.gpu_attention run .gpu/attn      # GPU machine (tools/gpu_check.sh attention)
+
+``prepare`` exports fp16 LLaMA (GQA, 4 heads x 32, 2 KV heads; prompt model and KV-cache model)
+and BERT (4 heads x 32, positions up to 4096) from the attention corpus, and writes each
+unfused and fused for ``--target ort-cuda``. ``run`` times every model at S in {1024, 4096}
+(prompt: batch 1, all-ones mask; decode: one new token after S - 1 cached ones) with I/O bound
+on the GPU, median of 20 runs after 3 warm-ups, each configuration in its own process so the
+peak memory (CUDA free memory before the session vs after the runs, arena growing only as
+requested) is its own. ``ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1`` makes ORT print the
+attention kernel per node; the lines are collected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODELS = {
+    # name in the corpus, mode
+    "llama": ("llama", "prompt"),
+    "llama-cache": ("llama-cache", "decode"),
+    "bert-long": ("bert-long", "prompt"),
+}
+
+
+def prepare(out_dir: Path) -> None:
+    import onnx_ir as ir
+
+    from models import attention_corpus as corpus
+    from onnx_compress.attention.fuse import FuseAttentionPass
+    from onnx_compress.recipe import AttentionTarget
+
+    corpus.CORPUS["bert-long"] = dataclasses.replace(
+        corpus.CORPUS["bert-eager"],
+        name="bert-long",
+        config={**corpus.CORPUS["bert-eager"].config, "hidden_size": 128, "max_position_embeddings": 4096},
+        head_dim=32,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in MODELS:
+        src = corpus.export(name, "dynamo", "float16")
+        model = ir.load(src)
+        ir.save(model, out_dir / f"{name}-unfused.onnx")
+        p = FuseAttentionPass(AttentionTarget.ORT_CUDA)
+        p(model)
+        for r in p.reports:
+            print(name, r.softmax, r.op if r.fused else f"NOT fused: {r.detail}")
+        ir.save(model, out_dir / f"{name}-fused.onnx")
+
+
+def _feeds(path: Path, mode: str, seq: int) -> dict[str, np.ndarray]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    feeds: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(0)
+    new = 1 if mode == "decode" else seq
+    past = seq - 1 if mode == "decode" else 0
+    for inp in model.graph.input:
+        name = inp.name
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        if name == "attention_mask":
+            feeds[name] = np.ones((1, past + new), np.int64)
+        elif name in ("input_ids", "token_type_ids"):
+            feeds[name] = rng.integers(3, 900, (1, new)) if name == "input_ids" else np.zeros((1, new), np.int64)
+        elif name.startswith("past_key_values"):
+            feeds[name] = (rng.standard_normal((1, dims[1], past, dims[3])) * 0.5).astype(np.float16)
+        else:
+            raise SystemExit(f"no feed rule for input {name}")
+    return feeds
+
+
+def measure(path: Path, mode: str, seq: int) -> dict[str, object]:
+    import onnxruntime as ort
+    import torch
+
+    ort.preload_dlls()
+    torch.cuda.init()
+    free_before, _ = torch.cuda.mem_get_info()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    cuda = ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})
+    session = ort.InferenceSession(str(path), options, providers=[cuda, "CPUExecutionProvider"])
+    binding = session.io_binding()
+    for name, array in _feeds(path, mode, seq).items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda")
+    for _ in range(3):
+        session.run_with_iobinding(binding)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        times.append(time.perf_counter() - start)
+    free_after, _ = torch.cuda.mem_get_info()
+    return {"ms": statistics.median(times) * 1e3, "peak_mib": (free_before - free_after) / 2**20}
+
+
+def run(folder: Path, out: Path | None) -> None:
+    results = []
+    for name, (_, mode) in MODELS.items():
+        for seq in (1024, 4096):
+            row: dict[str, object] = {"model": name, "mode": mode, "S": seq}
+            for variant in ("unfused", "fused"):
+                path = folder / f"{name}-{variant}.onnx"
+                env = dict(os.environ, ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO="1")
+                proc = subprocess.run(
+                    [sys.executable, "-m", "tools.gpu_attention", "measure", str(path), mode, str(seq)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=300,
+                )
+                lines = proc.stdout.strip().splitlines()
+                try:
+                    row[variant] = json.loads(lines[-1])
+                except (IndexError, json.JSONDecodeError):
+                    row[variant] = {"error": (proc.stderr or proc.stdout)[-600:]}
+                kernels = sorted({ln.strip() for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if "SdpaKernel" in ln})
+                row[f"{variant}_kernels"] = kernels[:6]
+            u, f = row["unfused"], row["fused"]
+            if isinstance(u, dict) and isinstance(f, dict) and "ms" in u and "ms" in f:
+                row["speedup"] = u["ms"] / f["ms"]  # type: ignore[operator]
+                row["memory_ratio"] = u["peak_mib"] / max(f["peak_mib"], 1e-9)  # type: ignore[operator]
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    if out is not None:
+        out.write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--out", type=Path, default=Path(".gpu/attn"))
+    r = sub.add_parser("run")
+    r.add_argument("folder", type=Path)
+    r.add_argument("--json", type=Path)
+    m = sub.add_parser("measure")
+    m.add_argument("path", type=Path)
+    m.add_argument("mode")
+    m.add_argument("seq", type=int)
+    args = parser.parse_args()
+    if args.cmd == "prepare":
+        prepare(args.out)
+    elif args.cmd == "run":
+        run(args.folder, args.json)
+    else:
+        print(json.dumps(measure(args.path, args.mode, args.seq)))
+
+
+if __name__ == "__main__":
+    main()
