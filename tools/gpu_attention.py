@@ -34,13 +34,18 @@ MODELS = {
     "llama": ("llama", "prompt"),
     "llama-cache": ("llama-cache", "decode"),
     "bert-long": ("bert-long", "prompt"),
+    "llama-big": ("llama-big", "prompt"),
+    "llama-big-cache": ("llama-big-cache", "decode"),
+    "bert-big": ("bert-big", "prompt"),
 }
+SMALL = ("llama", "llama-cache", "bert-long")
+BIG = ("llama-big", "llama-big-cache", "bert-big")
 
 
-def prepare(out_dir: Path) -> None:
+def prepare(out_dir: Path, names: tuple[str, ...] = SMALL) -> None:
     import onnx_ir as ir
-
     from models import attention_corpus as corpus
+
     from onnx_compress.attention.fuse import FuseAttentionPass
     from onnx_compress.recipe import AttentionTarget
 
@@ -50,8 +55,42 @@ def prepare(out_dir: Path) -> None:
         config={**corpus.CORPUS["bert-eager"].config, "hidden_size": 128, "max_position_embeddings": 4096},
         head_dim=32,
     )
+    # Attention-dominated sizes (anchors.md's 32 heads x 128), one layer, small MLP and vocab:
+    # exported on the GPU machine (too large to carry there).
+    big_llama = dict(
+        hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=256, num_hidden_layers=1
+    )
+    for name, base in (("llama-big", "llama"), ("llama-big-cache", "llama-cache")):
+        spec = corpus.CORPUS[base]
+        corpus.CORPUS[name] = dataclasses.replace(
+            spec,
+            name=name,
+            config={**spec.config, **big_llama},
+            num_layers=1,
+            num_heads=32,
+            num_kv_heads=8,
+            head_dim=128,
+            attention_blocks=1,
+        )
+    spec = corpus.CORPUS["bert-eager"]
+    corpus.CORPUS["bert-big"] = dataclasses.replace(
+        spec,
+        name="bert-big",
+        config={
+            **spec.config,
+            "hidden_size": 2048,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 1,
+            "intermediate_size": 256,
+            "max_position_embeddings": 4096,
+        },
+        num_layers=1,
+        num_heads=16,
+        head_dim=128,
+        attention_blocks=1,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in MODELS:
+    for name in names:
         src = corpus.export(name, "dynamo", "float16")
         model = ir.load(src)
         ir.save(model, out_dir / f"{name}-unfused.onnx")
@@ -114,6 +153,8 @@ def measure(path: Path, mode: str, seq: int) -> dict[str, object]:
 def run(folder: Path, out: Path | None) -> None:
     results = []
     for name, (_, mode) in MODELS.items():
+        if not (folder / f"{name}-fused.onnx").exists():
+            continue
         for seq in (1024, 4096):
             row: dict[str, object] = {"model": name, "mode": mode, "S": seq}
             for variant in ("unfused", "fused"):
@@ -131,7 +172,9 @@ def run(folder: Path, out: Path | None) -> None:
                     row[variant] = json.loads(lines[-1])
                 except (IndexError, json.JSONDecodeError):
                     row[variant] = {"error": (proc.stderr or proc.stdout)[-600:]}
-                kernels = sorted({ln.strip() for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if "SdpaKernel" in ln})
+                kernels = sorted(
+                    {ln.strip() for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if "SdpaKernel" in ln}
+                )
                 row[f"{variant}_kernels"] = kernels[:6]
             u, f = row["unfused"], row["fused"]
             if isinstance(u, dict) and isinstance(f, dict) and "ms" in u and "ms" in f:
@@ -148,6 +191,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--out", type=Path, default=Path(".gpu/attn"))
+    p.add_argument("--big", action="store_true", help="the attention-dominated sizes (run on the GPU machine)")
     r = sub.add_parser("run")
     r.add_argument("folder", type=Path)
     r.add_argument("--json", type=Path)
@@ -157,7 +201,7 @@ def main() -> None:
     m.add_argument("seq", type=int)
     args = parser.parse_args()
     if args.cmd == "prepare":
-        prepare(args.out)
+        prepare(args.out, BIG if args.big else SMALL)
     elif args.cmd == "run":
         run(args.folder, args.json)
     else:

@@ -284,7 +284,7 @@ class SdpaRule(pattern.RewriteRuleClassBase):
     def pattern(self, op: Any, probs: ir.Value, value: ir.Value) -> Any:
         return op.MatMul(probs, value)
 
-    def check(self, context: Any, probs: ir.Value, value: ir.Value, **_: Any) -> MatchResult:
+    def check(self, context: Any, probs: ir.Value, value: ir.Value, **_: Any) -> MatchResult:  # type: ignore[override]
         result = MatchResult()
         try:
             softmax = _probs(probs)

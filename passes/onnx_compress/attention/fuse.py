@@ -66,7 +66,7 @@ def _infer_shapes(model: ir.Model) -> None:
     ]
     for v in big:
         assert v.const_value is not None
-        v.shape = v.shape or v.const_value.shape
+        v.shape = v.shape or ir.Shape(list(v.const_value.shape.numpy()))
         v.dtype = v.dtype or v.const_value.dtype
         graph.initializers.pop(v.name or "")
         graph.inputs.append(v)

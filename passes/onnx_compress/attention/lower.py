@@ -24,6 +24,7 @@ from __future__ import annotations
 
 __all__ = ["lower_blocks"]
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -77,15 +78,14 @@ class _Builder:
 
 
 def _replace(old: ir.Value, new: ir.Value) -> None:
+    """Replace ``old`` by ``new`` everywhere, graph outputs included; ``new`` takes the old
+    name (output names, and activation names later passes key on, stay what they were)."""
     graph = old.graph
-    outputs = list(graph.outputs) if graph is not None else []
-    if old in outputs:
-        name = old.name
-        ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-        old.name = f"{name}__unfused"
-        new.name = name
-    else:
-        ir.convenience.replace_all_uses_with(old, new)
+    is_output = graph is not None and old in graph.outputs
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=is_output)
+    name = old.name
+    old.name = f"{name}__unfused"
+    new.name = name
 
 
 def _to_bsd(b: _Builder, x4: ir.Value, heads: int, head_size: int, layout: str = "BNSH") -> ir.Value:
@@ -134,7 +134,7 @@ def _attach_output(b: _Builder, canonical: ir.Node, y: ir.Value, heads: int, hea
     _replace(out4, b.op("Transpose", [bsnh], perm=[0, 2, 1, 3]))
 
 
-_FILL = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
+_FILL: dict[ir.DataType, type[np.floating[Any]]] = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
 
 
 def _bias(b: _Builder, block: Block, term_values: Sequence[ir.Value], dtype: ir.DataType) -> ir.Value | None:
@@ -335,6 +335,34 @@ def lower_blocks(model: ir.Model, blocks: Mapping[str, Block], target: Attention
             block.lowered_to = "com.microsoft.GroupQueryAttention" + (
                 " (padded batches: If -> MultiHeadAttention with the mask)" if padded else ""
             )
+        elif (
+            target == AttentionTarget.ORT_CUDA
+            and q4.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+            and block.mask.kind == MaskKind.PADDING
+            and node.inputs[5] is not None
+        ):
+            # Any mask input keeps MHA off flash kernels: unpadded batches run without one.
+            attention_mask = node.inputs[5]
+            assert attention_mask is not None
+            then_b = _Builder(None, b.prefix + "/then")
+            unmasked = dataclasses.replace(block, mask=dataclasses.replace(block.mask, kind=MaskKind.NONE))
+            y_then = then_b.op("Identity", [_mha(then_b, unmasked, list(node.inputs), q4.dtype)])
+            else_b = _Builder(None, b.prefix + "/else")
+            y_else = else_b.op("Identity", [_mha(else_b, block, list(node.inputs), q4.dtype)])
+            cond = b.op(
+                "Equal",
+                [
+                    b.op("Cast", [b.op("ReduceMin", [attention_mask], keepdims=0)], to=ir.DataType.INT64),
+                    b.const(np.array(1, np.int64)),
+                ],
+            )
+            y = b.op(
+                "If",
+                [cond],
+                then_branch=ir.Graph((), (y_then,), nodes=then_b.nodes, name=f"{b.prefix}/unpadded"),
+                else_branch=ir.Graph((), (y_else,), nodes=else_b.nodes, name=f"{b.prefix}/padded"),
+            )
+            block.lowered_to = "com.microsoft.MultiHeadAttention (padded batches: If -> with key_padding_mask)"
         else:
             y = _mha(b, block, list(node.inputs), q4.dtype)
             block.lowered_to = "com.microsoft.MultiHeadAttention"

@@ -204,7 +204,7 @@ class MaskClassifier:
         for v in inputs:
             graph.input.append(ir.serde.serialize_value(v))
         for v in outputs:
-            graph.output.append(onnx.helper.make_tensor_value_info(v.name, int(v.dtype or 0), None))
+            graph.output.append(onnx.helper.make_tensor_value_info(v.name or "", int(v.dtype or 0), None))
         model = onnx.helper.make_model(
             graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in self._model.opset_imports.items()]
         )
@@ -354,7 +354,7 @@ class MaskClassifier:
         for allowed, mask, past in samples:  # a window shows as rows seeing fewer keys than causal
             if mask is not None and not mask.all():
                 continue
-            s, t = allowed.shape[1:]
+            s = allowed.shape[1]
             counts = allowed.sum(-1)
             causal_counts = np.arange(s) + past + 1
             if np.any(counts < causal_counts[None, :]) and np.all(counts >= 1):
