@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from models.export import single_file
+
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 BUILD_VERSION = 3
 EXPORTERS = ("dynamo", "torchscript")
@@ -958,18 +960,10 @@ def export(name: str, exporter: str = "dynamo", dtype: str = "float32", cache_di
                     dynamo=False,
                     opset_version=spec.torchscript_opset,
                 )
-        _single_file(tmp_path)
+        single_file(tmp_path)
         os.replace(tmp_path, path)
     logger.info("exported %s (%s, %s) in %.1f s to %s", name, exporter, dtype, time.perf_counter() - start, path)
     return path
-
-
-def _single_file(path: Path) -> None:
-    """Re-save with all weights inside the .onnx (exporters may write external data)."""
-    import onnx
-
-    model = onnx.load(str(path))
-    onnx.save(model, str(path))
 
 
 def count_ops(path: Path | str, op_type: str) -> int:

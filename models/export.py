@@ -237,13 +237,13 @@ def export(name: str, exporter: str = "dynamo", cache_dir: Path = CACHE_DIR) -> 
                     dynamo=False,
                     opset_version=17,
                 )
-        _single_file(tmp_path)
+        single_file(tmp_path)
         os.replace(tmp_path, path)
     logger.info("exported %s (%s) to %s", name, exporter, path)
     return path
 
 
-def _single_file(path: Path) -> None:
+def single_file(path: Path) -> None:
     """Re-save with all weights inside the .onnx (exporters may write external data)."""
     import onnx
 
