@@ -222,6 +222,17 @@ _BART_CONFIG: dict[str, Any] = dict(
     forced_eos_token_id=None,
 )
 
+_GPT2_CONFIG: dict[str, Any] = dict(
+    vocab_size=1000,
+    n_embd=64,
+    n_layer=2,
+    n_head=4,
+    n_positions=256,
+    initializer_range=INIT_STD,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
 _TINY_CONFIG: dict[str, Any] = dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4, head_dim=16)
 
 
@@ -335,16 +346,7 @@ CORPUS: dict[str, CorpusSpec] = {
             "gpt2",
             "decoder",
             "GPT2LMHeadModel",
-            dict(
-                vocab_size=1000,
-                n_embd=64,
-                n_layer=2,
-                n_head=4,
-                n_positions=256,
-                initializer_range=INIT_STD,
-                bos_token_id=1,
-                eos_token_id=2,
-            ),
+            _GPT2_CONFIG,
             _DEC,
         ),
         CorpusSpec(
@@ -352,16 +354,7 @@ CORPUS: dict[str, CorpusSpec] = {
             "gpt2",
             "decoder",
             "GPT2LMHeadModel",
-            dict(
-                vocab_size=1000,
-                n_embd=64,
-                n_layer=2,
-                n_head=4,
-                n_positions=256,
-                initializer_range=INIT_STD,
-                bos_token_id=1,
-                eos_token_id=2,
-            ),
+            _GPT2_CONFIG,
             _DEC,
             has_cache=True,
         ),

@@ -44,8 +44,7 @@ MS_DOMAIN = "com.microsoft"
 class _Builder:
     """Collects new nodes and inserts them before an anchor node."""
 
-    def __init__(self, graph: ir.Graph | None, prefix: str) -> None:
-        self.graph = graph
+    def __init__(self, prefix: str) -> None:
         self.nodes: list[ir.Node] = []
         self.prefix = prefix
         self._n = 0
@@ -137,17 +136,19 @@ def _attach_output(b: _Builder, canonical: ir.Node, y: ir.Value, heads: int, hea
 _FILL: dict[ir.DataType, type[np.floating[Any]]] = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
 
 
+def _where_bias(b: _Builder, allowed: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """Boolean "may attend" -> additive 0 / finfo.min bias in ``dtype`` (HF's fill value)."""
+    np_type = _FILL.get(dtype, np.float32)
+    bias = b.op("Where", [allowed, b.const(np.zeros((), np_type)), b.const(np.array(np.finfo(np_type).min, np_type))])
+    return bias if dtype in _FILL else b.op("Cast", [bias], to=dtype)  # type: ignore[no-any-return]
+
+
 def _bias(b: _Builder, block: Block, term_values: Sequence[ir.Value], dtype: ir.DataType) -> ir.Value | None:
     """The model's own mask terms as one additive (.., S, T) bias in the query's type."""
     bias: ir.Value | None = None
     for term, value in zip(block.terms, term_values, strict=True):
         if term.boolean:
-            np_type = _FILL.get(dtype, np.float32)
-            zero = b.const(np.zeros((), np_type))
-            fill = b.const(np.array(np.finfo(np_type).min, np_type))
-            cur = b.op("Where", [value, zero, fill])
-            if dtype not in _FILL:
-                cur = b.op("Cast", [cur], to=dtype)
+            cur = _where_bias(b, value, dtype)
         else:
             cur = value if value.dtype == dtype else b.op("Cast", [value], to=dtype)
         rank = len(value.shape) if value.shape is not None else 4
@@ -194,9 +195,9 @@ def _causal_bias(
     total = b.op("Shape", [attention_mask], start=1, end=2)
     seq = b.op("Shape", [query_bsd], start=1, end=2)
     past = b.op("Sub", [total, seq])
-    one = b.ints([1])
-    i = b.op("Range", [b.op("Squeeze", [past]), b.op("Squeeze", [total]), b.op("Squeeze", [one])])
-    j = b.op("Range", [b.const(np.array(0, np.int64)), b.op("Squeeze", [total]), b.op("Squeeze", [one])])
+    end, step = b.op("Squeeze", [total]), b.const(np.array(1, np.int64))
+    i = b.op("Range", [b.op("Squeeze", [past]), end, step])
+    j = b.op("Range", [b.const(np.array(0, np.int64)), end, step])
     i2 = b.op("Unsqueeze", [i, b.ints([1])])
     j2 = b.op("Unsqueeze", [j, b.ints([0])])
     allowed = b.op("LessOrEqual", [j2, i2])
@@ -205,10 +206,7 @@ def _causal_bias(
         allowed = b.op("And", [allowed, b.op("Greater", [j2, lower])])
     allowed = b.op("Unsqueeze", [allowed, b.ints([0, 1])])
     pad = b.op("Unsqueeze", [b.op("Cast", [attention_mask], to=ir.DataType.BOOL), b.ints([1, 2])])
-    allowed = b.op("And", [allowed, pad])
-    np_type = _FILL.get(dtype, np.float32)
-    bias = b.op("Where", [allowed, b.const(np.zeros((), np_type)), b.const(np.array(np.finfo(np_type).min, np_type))])
-    return bias if dtype in _FILL else b.op("Cast", [bias], to=dtype)  # type: ignore[no-any-return]
+    return _where_bias(b, b.op("And", [allowed, pad]), dtype)
 
 
 def _repeat_kv(b: _Builder, x: ir.Value, groups: int, heads: int, head_size: int) -> ir.Value:
@@ -219,7 +217,28 @@ def _repeat_kv(b: _Builder, x: ir.Value, groups: int, heads: int, head_size: int
     return b.op("Reshape", [expanded, b.ints([0, heads, -1, head_size])])  # type: ignore[no-any-return]
 
 
-def _gqa(b: _Builder, graph: ir.Graph, node: ir.Node, block: Block, dtype: ir.DataType) -> tuple[ir.Value, ...] | None:
+def _if_unpadded(
+    b: _Builder,
+    attention_mask: ir.Value,
+    then_b: _Builder,
+    then_outs: Sequence[ir.Value],
+    else_b: _Builder,
+    else_outs: Sequence[ir.Value],
+) -> tuple[ir.Value, ...]:
+    """``If(all(attention_mask == 1), then, else)``: the fast form on unpadded batches."""
+    min_mask = b.op("Cast", [b.op("ReduceMin", [attention_mask], keepdims=0)], to=ir.DataType.INT64)
+    cond = b.op("Equal", [min_mask, b.const(np.array(1, np.int64))])
+    outs = b.op(
+        "If",
+        [cond],
+        outputs=len(then_outs),
+        then_branch=ir.Graph((), then_outs, nodes=then_b.nodes, name=f"{b.prefix}/unpadded"),
+        else_branch=ir.Graph((), else_outs, nodes=else_b.nodes, name=f"{b.prefix}/padded"),
+    )
+    return (outs,) if len(then_outs) == 1 else tuple(outs)
+
+
+def _gqa(b: _Builder, node: ir.Node, block: Block, dtype: ir.DataType) -> tuple[ir.Value, ...]:
     """ort-cuda, causal decoder: GQA when no row is padded, else MHA with the exact mask."""
     q4, _k4, _v4, k_native, v_native, attention_mask = list(node.inputs[:6])
     assert q4 is not None and k_native is not None and v_native is not None
@@ -264,9 +283,9 @@ def _gqa(b: _Builder, graph: ir.Graph, node: ir.Node, block: Block, dtype: ir.Da
 
     # Padded rows: GQA's seqlens form cannot say which keys are padding (left padding, holes),
     # so those batches take MHA with the exact mask, built inside the branch.
-    then_b = _Builder(None, b.prefix + "/then")
+    then_b = _Builder(b.prefix + "/then")
     then_outs = gqa(then_b)
-    else_b = _Builder(None, b.prefix + "/else")
+    else_b = _Builder(b.prefix + "/else")
     if block.cache:
         assert past_k is not None and past_v is not None
         present_k = else_b.op("Concat", [past_k, k_new], axis=2)
@@ -289,21 +308,8 @@ def _gqa(b: _Builder, graph: ir.Graph, node: ir.Node, block: Block, dtype: ir.Da
         num_heads=n,
         scale=float(block.scale),
     )
-    else_outs = (y, present_k, present_v)[:n_out]
-    if not block.cache:
-        else_outs = (else_b.op("Identity", [y]),)
-    else:
-        else_outs = tuple(else_b.op("Identity", [v]) for v in else_outs)
-    min_mask = b.op("ReduceMin", [attention_mask], keepdims=0)
-    cond = (
-        b.op("Equal", [min_mask, b.const(np.array(1, np.int64))])
-        if attention_mask.dtype == ir.DataType.INT64
-        else (b.op("Equal", [b.op("Cast", [min_mask], to=ir.DataType.INT64), b.const(np.array(1, np.int64))]))
-    )
-    then_graph = ir.Graph((), then_outs, nodes=then_b.nodes, name=f"{b.prefix}/gqa")
-    else_graph = ir.Graph((), else_outs, nodes=else_b.nodes, name=f"{b.prefix}/mha")
-    outs = b.op("If", [cond], outputs=n_out, then_branch=then_graph, else_branch=else_graph)
-    return (outs,) if n_out == 1 else tuple(outs)
+    else_outs = tuple(else_b.op("Identity", [v]) for v in (y, present_k, present_v)[:n_out])
+    return _if_unpadded(b, attention_mask, then_b, then_outs, else_b, else_outs)
 
 
 def lower_blocks(model: ir.Model, blocks: Mapping[str, Block], target: AttentionTarget) -> int:
@@ -315,7 +321,7 @@ def lower_blocks(model: ir.Model, blocks: Mapping[str, Block], target: Attention
         block = blocks[node.attributes["block"].as_string()]
         q4 = node.inputs[0]
         assert q4 is not None and q4.dtype is not None
-        b = _Builder(model.graph, f"{node.name or 'attention'}/fused")
+        b = _Builder(f"{node.name or 'attention'}/fused")
         use_gqa = (
             target == AttentionTarget.ORT_CUDA
             and q4.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -323,8 +329,7 @@ def lower_blocks(model: ir.Model, blocks: Mapping[str, Block], target: Attention
             and block.key_format == "BNSH"
         )
         if use_gqa:
-            outs = _gqa(b, model.graph, node, block, q4.dtype)
-            assert outs is not None
+            outs = _gqa(b, node, block, q4.dtype)
             y = outs[0]
             if block.cache:
                 k_native, v_native = node.inputs[3], node.inputs[4]
@@ -344,24 +349,12 @@ def lower_blocks(model: ir.Model, blocks: Mapping[str, Block], target: Attention
             # Any mask input keeps MHA off flash kernels: unpadded batches run without one.
             attention_mask = node.inputs[5]
             assert attention_mask is not None
-            then_b = _Builder(None, b.prefix + "/then")
+            then_b = _Builder(b.prefix + "/then")
             unmasked = dataclasses.replace(block, mask=dataclasses.replace(block.mask, kind=MaskKind.NONE))
             y_then = then_b.op("Identity", [_mha(then_b, unmasked, list(node.inputs), q4.dtype)])
-            else_b = _Builder(None, b.prefix + "/else")
+            else_b = _Builder(b.prefix + "/else")
             y_else = else_b.op("Identity", [_mha(else_b, block, list(node.inputs), q4.dtype)])
-            cond = b.op(
-                "Equal",
-                [
-                    b.op("Cast", [b.op("ReduceMin", [attention_mask], keepdims=0)], to=ir.DataType.INT64),
-                    b.const(np.array(1, np.int64)),
-                ],
-            )
-            y = b.op(
-                "If",
-                [cond],
-                then_branch=ir.Graph((), (y_then,), nodes=then_b.nodes, name=f"{b.prefix}/unpadded"),
-                else_branch=ir.Graph((), (y_else,), nodes=else_b.nodes, name=f"{b.prefix}/padded"),
-            )
+            (y,) = _if_unpadded(b, attention_mask, then_b, (y_then,), else_b, (y_else,))
             block.lowered_to = "com.microsoft.MultiHeadAttention (padded batches: If -> with key_padding_mask)"
         else:
             y = _mha(b, block, list(node.inputs), q4.dtype)

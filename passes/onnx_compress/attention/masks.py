@@ -145,7 +145,7 @@ class MaskClassifier:
         self._order = {node: i for i, node in enumerate(model.graph)}
         self._cache: dict[tuple[int, ...], MaskInfo] = {}
 
-    def classify(self, terms: Sequence[MaskTerm], query_seq_dim: ir.SymbolicDim | int | None = None) -> MaskInfo:
+    def classify(self, terms: Sequence[MaskTerm]) -> MaskInfo:
         if not terms:
             return MaskInfo(MaskKind.NONE, note="no mask applied to the scores")
         key = tuple(id(t.value) for t in terms)

@@ -104,7 +104,7 @@ def test_float16_for_cuda_is_equal(name: str) -> None:
     _check_parity(name, path, fused, "float16", FUSED_FP16)
 
 
-def test_mask_classes(tmp_path: object) -> None:
+def test_mask_classes() -> None:
     expect = {
         ("bert-eager", "torchscript"): "padding",
         ("llama", "dynamo"): "causal+padding",
