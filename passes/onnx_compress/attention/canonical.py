@@ -135,8 +135,18 @@ def _strip_scale(value: ir.Value) -> tuple[ir.Value, float]:
         return value, scale
 
 
-def _strip_repeat_kv(value: ir.Value) -> tuple[ir.Value, int]:
-    """``Reshape(Expand(Unsqueeze(x, 2), ...), ...)`` -> (x, factor); else (value, 1)."""
+def _first_static(*places: tuple[ir.Value, int]) -> int | None:
+    """The first static dim among (value, axis) places."""
+    for value, axis in places:
+        dim = _static(value.shape, axis)
+        if dim is not None:
+            return dim
+    return None
+
+
+def _strip_repeat_kv(value: ir.Value, heads: int | None) -> tuple[ir.Value, int]:
+    """``Reshape(Expand(Unsqueeze(x, 2), ...), ...)`` -> (x, factor); else (value, 1).
+    ``heads`` is the query head count, used when ``value``'s own is not static."""
     reshape = _producer(value, "Reshape")
     expand = _producer(reshape.inputs[0], "Expand") if reshape else None
     unsq = _producer(expand.inputs[0], "Unsqueeze") if expand else None
@@ -149,7 +159,7 @@ def _strip_repeat_kv(value: ir.Value) -> tuple[ir.Value, int]:
         return value, 1
     x = unsq.inputs[0]
     assert x is not None
-    heads_in, heads_out = _static(x.shape, 1), _static(value.shape, 1)
+    heads_in, heads_out = _static(x.shape, 1), _static(value.shape, 1) or heads
     expanded = _static(expand.outputs[0].shape, 2)
     if heads_in is None or heads_out is None or heads_out % heads_in:
         return value, 1
@@ -250,9 +260,11 @@ def _cache_source(value: ir.Value, graph: ir.Graph) -> bool:
     if axis is None or axis.as_int() not in (2, -2):
         return False
     past = node.inputs[0]
-    cast = _producer(past, "Cast")
-    if cast is not None:
-        past = cast.inputs[0]
+    while True:  # Cast, Identity and TorchScript's one-input Concat pass the past through
+        step = _producer(past, "Cast", "Identity", "Concat")
+        if step is None or len(step.inputs) != 1:
+            break
+        past = step.inputs[0]
     return past in graph.inputs and value in graph.outputs
 
 
@@ -329,13 +341,15 @@ class SdpaRule(pattern.RewriteRuleClassBase):
         dtype = q4.dtype
         if dtype not in _FLOAT_TYPES:
             raise _Fail(f"query of type {dtype}; supported: float32, float16, bfloat16")
-        heads = _static(q4.shape, 1)
-        head_size = _static(q4.shape, 3)
         head_axis = 1 if key_format == "BNSH" else 2
-        k_native, k_groups = _strip_repeat_kv(k4) if key_format == "BNSH" else (k4, 1)
-        v_native, v_groups = _strip_repeat_kv(v4)
-        kv_heads = _static(k_native.shape, head_axis)
-        v_head_size = _static(v4.shape, 3)
+        # TorchScript exports lose static dims along RoPE's Slice/Concat: any of the block's
+        # values that carries the dim statically gives it (they are equal by construction)
+        heads = _first_static((q4, 1), (qk.outputs[0], 1), (softmax.outputs[0], 1), (v4, 1), (k4, head_axis))
+        head_size = _first_static((q4, 3), (k4, 3), (kt, 2 if key_format == "BNSH" else 3))
+        k_native, k_groups = _strip_repeat_kv(k4, heads) if key_format == "BNSH" else (k4, 1)
+        v_native, v_groups = _strip_repeat_kv(v4, heads)
+        kv_heads = _first_static((k_native, head_axis), (v_native, 1))
+        v_head_size = _first_static((v4, 3), (v_native, 3))
         if heads is None or head_size is None or kv_heads is None:
             raise _Fail("number of heads or head size is not static")
         if v_head_size != head_size:

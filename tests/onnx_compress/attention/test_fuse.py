@@ -27,10 +27,6 @@ FUSED_FP16 = 2e-3
 GAPS = {
     ("bert-sdpa", "dynamo"): "SDPA decomposition scales K before a Reshape-transposed key",
     ("llama-op23", "dynamo"): "existing ONNX Attention nodes are not normalized yet",
-    ("llama-cache", "torchscript"): "head counts not static after shape inference",
-    ("gpt2-cache", "torchscript"): "head counts not static after shape inference",
-    ("whisper-encoder", "torchscript"): "head counts not static after shape inference",
-    ("whisper-decoder", "torchscript"): "head counts not static after shape inference",
 }
 
 POSITIVE = [
