@@ -169,6 +169,89 @@ def _strip_repeat_kv(value: ir.Value, heads: int | None) -> tuple[ir.Value, int]
     return x, factor
 
 
+_Elem = int | tuple[str, int]  # a shape-tensor element: a constant, or ("dim", i) of the source
+
+
+def _shape_elems(value: ir.Value | None, source: ir.Value, rank: int, depth: int = 6) -> list[_Elem] | None:
+    """The elements of a 1-D shape tensor built from constants and ``Shape(source)`` through
+    Slice/Concat/Gather, in terms of ``source``'s dims (None when it is built otherwise)."""
+    if value is None or depth == 0:
+        return None
+    const = _const_ints(value)
+    if const is not None:
+        return list(const)
+    node = _producer(value, "Shape", "Slice", "Concat", "Unsqueeze", "Squeeze", "Gather")
+    if node is None:
+        return None
+    if node.op_type == "Shape":
+        if node.inputs[0] is not source:
+            return None
+        start_attr, end_attr = node.attributes.get("start"), node.attributes.get("end")
+        start = start_attr.as_int() if start_attr is not None else 0
+        end = end_attr.as_int() if end_attr is not None else rank
+        dims: list[_Elem] = [("dim", i) for i in range(rank)]
+        return dims[slice(start, end)]
+    if node.op_type == "Concat":
+        out: list[_Elem] = []
+        for v in node.inputs:
+            part = _shape_elems(v, source, rank, depth - 1)
+            if part is None:
+                return None
+            out += part
+        return out
+    data = _shape_elems(node.inputs[0], source, rank, depth - 1)
+    if data is None:
+        return None
+    if node.op_type in ("Unsqueeze", "Squeeze"):
+        return data
+    if node.op_type == "Gather":
+        idx = _const_ints(node.inputs[1])
+        return [data[i] for i in idx] if idx is not None and all(-len(data) <= i < len(data) for i in idx) else None
+    starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
+    axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 else [0]
+    steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 else [1]
+    if starts is None or ends is None or axes not in ([0], [-1]) or steps != [1]:
+        return None
+    n = len(data)
+    return data[slice(max(-n - 1, min(starts[0], n)), max(-n - 1, min(ends[0], n)))]
+
+
+def _key_transposed_via_3d(value: ir.Value) -> ir.Value | None:
+    """SDPA's decomposition transposes the key as ``Reshape(Transpose(Reshape(k, [-1, S, H]),
+    (0, 2, 1)), [B, N, H, S])``, both shapes built from ``Shape(k)``: k (BNSH) when the shape
+    tensors say exactly that, else None."""
+    outer = _producer(value, "Reshape")
+    t = _producer(outer.inputs[0], "Transpose") if outer is not None else None
+    inner = _producer(t.inputs[0], "Reshape") if t is not None else None
+    if outer is None or t is None or inner is None or _perm(t) != (0, 2, 1):
+        return None
+    k = inner.inputs[0]
+    if k is None or k.shape is None or len(k.shape) != 4:
+        return None
+
+    def canon(elems: list[_Elem] | None) -> list[_Elem] | None:
+        if elems is None:
+            return None
+        out: list[_Elem] = []
+        for e in elems:
+            if isinstance(e, int) and e > 0:
+                matches = [i for i in range(4) if _static(k.shape, i) == e]
+                e = ("dim", matches[0]) if len(matches) == 1 else e
+            out.append(e)
+        return out
+
+    d = [("dim", i) for i in range(4)]
+    in_elems = canon(_shape_elems(inner.inputs[1], k, 4))
+    out_elems = canon(_shape_elems(outer.inputs[1], k, 4))
+    if in_elems is None or out_elems is None or len(in_elems) != 3 or len(out_elems) != 4:
+        return None
+    if in_elems[0] not in (-1, d[0]) or in_elems[1:] != [d[2], d[3]]:
+        return None
+    if out_elems[0] not in (-1, d[0]) or out_elems[1:] != [d[1], d[3], d[2]]:
+        return None
+    return k
+
+
 def _reaches_qk(value: ir.Value, depth: int = 8) -> bool:
     """Whether ``value`` is the scores path (leads back to a rank-4 MatMul through the ops the
     walk accepts), as opposed to a mask operand."""
@@ -321,10 +404,15 @@ class SdpaRule(pattern.RewriteRuleClassBase):
         q4, q_scale = _strip_scale(q_raw)
         kt, k_scale = _strip_scale(kt_raw)
         transpose = _producer(kt, "Transpose")
-        if transpose is None:
+        via_3d = _key_transposed_via_3d(kt) if transpose is None else None
+        if via_3d is not None:
+            perm: tuple[int, ...] | None = (0, 1, 3, 2)
+            k_in = via_3d
+        elif transpose is None:
             raise _Fail("the key is not transposed into Q.K^T by a Transpose")
-        perm = _perm(transpose)
-        k_in = transpose.inputs[0]
+        else:
+            perm = _perm(transpose)
+            k_in = transpose.inputs[0]  # type: ignore[assignment]
         assert k_in is not None
         if perm == (0, 1, 3, 2):
             key_format = "BNSH"

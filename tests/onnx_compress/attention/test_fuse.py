@@ -25,7 +25,6 @@ FUSED_FP16 = 2e-3
 
 # Known gaps, kept visible: strict xfail flags the day they are fixed.
 GAPS = {
-    ("bert-sdpa", "dynamo"): "SDPA decomposition scales K before a Reshape-transposed key",
     ("llama-op23", "dynamo"): "existing ONNX Attention nodes are not normalized yet",
 }
 
@@ -168,3 +167,30 @@ def test_inspect_lists_blocks_and_reasons() -> None:
         check=False,
     )
     assert "2 attention blocks, 2 fused" in proc.stdout and "causal+padding" in proc.stdout
+
+
+def test_key_transposed_through_3d_reshapes_is_checked_not_assumed() -> None:
+    """BERT SDPA (dynamo) transposes the key as Reshape(Transpose(Reshape(k, [-1, S, H]), (0, 2, 1)),
+    [B, N, H, S]): fused only while the shape tensors say exactly that. Swapping the outer
+    reshape's last two dims to [B, N, S, H] (a scramble, not a transpose) must be refused."""
+    model = ir.load(str(corpus.export("bert-sdpa", "dynamo")))
+    p = FuseAttentionPass(AttentionTarget.ORT_CPU)
+    p(model.clone())
+    assert p.reports and all(r.fused for r in p.reports)
+    scrambled = 0
+    for node in model.graph:
+        if node.op_type != "Reshape" or len(node.outputs[0].shape or ()) != 4:
+            continue
+        transpose = node.inputs[0].producer() if node.inputs[0] is not None else None
+        concat = node.inputs[1].producer() if node.inputs[1] is not None else None
+        if transpose is None or transpose.op_type != "Transpose" or concat is None or len(concat.inputs) != 3:
+            continue
+        _, last, middle = concat.inputs  # [B, N] ++ [H] ++ [S]
+        concat.replace_input_with(1, middle)
+        concat.replace_input_with(2, last)
+        scrambled += 1
+    assert scrambled == 2
+    p = FuseAttentionPass(AttentionTarget.ORT_CPU)
+    p(model)
+    assert p.reports and not any(r.fused for r in p.reports)
+    assert all("not transposed into Q.K^T" in r.detail for r in p.reports)
