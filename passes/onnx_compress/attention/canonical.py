@@ -23,7 +23,7 @@ failed check records its reason against the block's Softmax, for ``onnx-compress
 
 from __future__ import annotations
 
-__all__ = ["INTERNAL_DOMAIN", "Block", "SdpaRule", "TargetLimits"]
+__all__ = ["INTERNAL_DOMAIN", "Block", "OnnxAttentionRule", "SdpaRule", "TargetLimits"]
 
 import dataclasses
 import logging
@@ -354,13 +354,14 @@ def _cache_source(value: ir.Value, graph: ir.Graph) -> bool:
 class SdpaRule(pattern.RewriteRuleClassBase):
     """Softmax attention (any exporter's spelling) -> ``CanonicalAttention``."""
 
-    def __init__(self, model: ir.Model, limits: TargetLimits) -> None:
-        super().__init__(name="CanonicalizeSdpa")
+    def __init__(self, model: ir.Model, limits: TargetLimits, *, share: SdpaRule | None = None) -> None:
+        super().__init__(name=type(self).__name__)
         self._limits = limits
-        self._masks = MaskClassifier(model)
         self._graph = model.graph
-        self.blocks: dict[str, Block] = {}
-        self.failures: dict[str, str] = {}
+        # rules applied together share the mask classifier (its probe cache) and the findings
+        self._masks: MaskClassifier = share._masks if share is not None else MaskClassifier(model)
+        self.blocks: dict[str, Block] = share.blocks if share is not None else {}
+        self.failures: dict[str, str] = share.failures if share is not None else {}
         self._found: dict[str, Any] = {}
 
     def as_rule(self) -> pattern.RewriteRule:
@@ -393,6 +394,15 @@ class SdpaRule(pattern.RewriteRuleClassBase):
             return result.fail(str(e))
         self._found["key"] = key
         return result
+
+    def _check_sizes(self, head_size: int, v_head_size: int | None) -> None:
+        if v_head_size != head_size:
+            raise _Fail(f"v_head_size {v_head_size} != head_size {head_size}: the fused ops need equal sizes")
+        limits = self._limits
+        if limits.max_head_size is not None and head_size > limits.max_head_size:
+            raise _Fail(f"head_size {head_size} > {limits.max_head_size}: no flash kernel for the target")
+        if head_size % limits.head_size_multiple:
+            raise _Fail(f"head_size {head_size} is not a multiple of {limits.head_size_multiple} (flash kernels)")
 
     def _analyze(self, softmax: ir.Node, v4: ir.Value) -> dict[str, Any]:
         axis = softmax.attributes.get("axis")
@@ -440,15 +450,9 @@ class SdpaRule(pattern.RewriteRuleClassBase):
         v_head_size = _first_static((v4, 3), (v_native, 3))
         if heads is None or head_size is None or kv_heads is None:
             raise _Fail("number of heads or head size is not static")
-        if v_head_size != head_size:
-            raise _Fail(f"v_head_size {v_head_size} != head_size {head_size}: the fused ops need equal sizes")
         if k_groups != v_groups or heads % kv_heads or heads != kv_heads * k_groups:
             raise _Fail(f"{heads} query heads do not match {kv_heads} key/value heads x {k_groups}")
-        limits = self._limits
-        if limits.max_head_size is not None and head_size > limits.max_head_size:
-            raise _Fail(f"head_size {head_size} > {limits.max_head_size}: no flash kernel for the target")
-        if head_size % limits.head_size_multiple:
-            raise _Fail(f"head_size {head_size} is not a multiple of {limits.head_size_multiple} (flash kernels)")
+        self._check_sizes(head_size, v_head_size)
         mask = self._masks.classify(terms)
         cache = key_format == "BNSH" and _cache_source(k_native, self._graph) and _cache_source(v_native, self._graph)
         return dict(
@@ -492,3 +496,84 @@ class SdpaRule(pattern.RewriteRuleClassBase):
             _domain=INTERNAL_DOMAIN,
             block=f["key"],
         )
+
+
+class OnnxAttentionRule(SdpaRule):
+    """An ``Attention`` node the exporter already emitted (opset 23, e.g. torch's dynamo
+    exporter at opset 23) -> ``CanonicalAttention``, so it is lowered like any other block.
+
+    Taken: 4-D Q/K/V (native or repeat_kv-expanded KV heads), an additive or boolean
+    ``attn_mask`` or none, no past inputs, ``is_causal`` 0, no softcap, only the first output
+    read. Anything else is left as it is, with the reason."""
+
+    def pattern(self, op: Any, query: ir.Value, key: ir.Value, value: ir.Value) -> Any:  # type: ignore[override]
+        return op.Attention(query, key, value, _allow_other_inputs=True, _outputs=["y"])
+
+    def check(  # type: ignore[override]
+        self, context: Any, query: ir.Value, key: ir.Value, value: ir.Value, y: ir.Value, **_: Any
+    ) -> MatchResult:
+        result = MatchResult()
+        node = y.producer()
+        assert node is not None
+        name = node.name or f"attention@{id(node)}"
+        try:
+            self._found = self._analyze_node(node)
+        except _Fail as e:
+            self.failures[name] = str(e)
+            return result.fail(str(e))
+        self._found["key"] = name
+        return result
+
+    def _analyze_node(self, node: ir.Node) -> dict[str, Any]:
+        def attr(name: str, default: float) -> float:
+            a = node.attributes.get(name)
+            return float(a.value) if a is not None else default
+
+        if attr("is_causal", 0) != 0:
+            raise _Fail("is_causal=1 ONNX Attention is kept as it is (its causal alignment with a past is ambiguous)")
+        if attr("softcap", 0.0) != 0.0:
+            raise _Fail("softcapped ONNX Attention is kept as it is")
+        if len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
+            raise _Fail("ONNX Attention with past_key/past_value inputs is kept as it is")
+        if any(out.uses() or out in self._graph.outputs for out in node.outputs[1:]):
+            raise _Fail("ONNX Attention whose present/qk outputs are read is kept as it is")
+        q4, k4, v4 = node.inputs[0], node.inputs[1], node.inputs[2]
+        assert q4 is not None and k4 is not None and v4 is not None
+        for role, v in (("query", q4), ("key", k4), ("value", v4)):
+            if v.shape is None or len(v.shape) != 4:
+                rank = None if v.shape is None else len(v.shape)
+                raise _Fail(f"ONNX Attention with a {role} of rank {rank}; 4-D taken")
+        if q4.dtype not in _FLOAT_TYPES:
+            raise _Fail(f"query of type {q4.dtype}; supported: float32, float16, bfloat16")
+        heads = _first_static((q4, 1), (node.outputs[0], 1))
+        head_size = _first_static((q4, 3), (k4, 3))
+        k_native, k_groups = _strip_repeat_kv(k4, heads)
+        v_native, v_groups = _strip_repeat_kv(v4, heads)
+        kv_heads = _first_static((k_native, 1), (v_native, 1))
+        if heads is None or head_size is None or kv_heads is None:
+            raise _Fail("number of heads or head size is not static")
+        if k_groups != v_groups or heads % kv_heads:
+            raise _Fail(f"{heads} query heads do not match {kv_heads} key/value heads")
+        self._check_sizes(head_size, _first_static((v4, 3), (v_native, 3)))
+        mask_value = node.inputs[3] if len(node.inputs) > 3 else None
+        terms = [MaskTerm(mask_value, boolean=mask_value.dtype == ir.DataType.BOOL)] if mask_value is not None else []
+        return dict(
+            q4=q4,
+            k4=k4,
+            v4=v4,
+            k_native=k_native,
+            v_native=v_native,
+            key_format="BNSH",
+            heads=heads,
+            kv_heads=kv_heads,
+            head_size=head_size,
+            scale=attr("scale", 1.0 / float(np.sqrt(head_size))),
+            terms=terms,
+            mask=self._masks.classify(terms),
+            cache=_cache_source(k_native, self._graph) and _cache_source(v_native, self._graph),
+        )
+
+    def rewrite(  # type: ignore[override]
+        self, op: Any, query: ir.Value, key: ir.Value, value: ir.Value, y: ir.Value, **_: Any
+    ) -> Any:
+        return super().rewrite(op, query, value)

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass, ShapeInferencePass
 from onnxscript.rewriter import pattern
 
-from onnx_compress.attention.canonical import SdpaRule, TargetLimits
+from onnx_compress.attention.canonical import OnnxAttentionRule, SdpaRule, TargetLimits
 from onnx_compress.attention.lower import lower_blocks
 from onnx_compress.recipe import AttentionTarget
 
@@ -97,7 +97,8 @@ def _infer_shapes(model: ir.Model) -> None:
 
 
 def _softmaxes(model: ir.Model) -> list[str]:
-    return [n.name or "" for n in model.graph if n.op_type == "Softmax" and n.domain == ""]
+    """The blocks by name: each Softmax, and each ONNX Attention node already in the graph."""
+    return [n.name or "" for n in model.graph if n.op_type in ("Softmax", "Attention") and n.domain == ""]
 
 
 class FuseAttentionPass(ir.passes.InPlacePass):
@@ -117,7 +118,8 @@ class FuseAttentionPass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         _infer_shapes(model)
         rule = SdpaRule(model, _LIMITS[self.target])
-        count = pattern.RewriteRuleSet([rule.as_rule()]).apply_to_model(model)
+        existing = OnnxAttentionRule(model, _LIMITS[self.target], share=rule)
+        count = pattern.RewriteRuleSet([rule.as_rule(), existing.as_rule()]).apply_to_model(model)
         lowered = lower_blocks(model, rule.blocks, self.target) if count else 0
         if lowered:
             RemoveUnusedNodesPass()(model)
@@ -130,7 +132,10 @@ class FuseAttentionPass(ir.passes.InPlacePass):
                 kind = block.mask.kind.value + (f" (window {block.mask.window})" if block.mask.window else "")
                 detail = (
                     f"{block.num_heads} heads, {block.kv_num_heads} kv heads, head size {block.head_size}, "
-                    f"scale {block.scale:.6g}" + (", KV cache" if block.cache else "") + f"; mask: {block.mask.note}"
+                    f"scale {block.scale:.6g}"
+                    + (", KV cache" if block.cache else "")
+                    + f"; mask: {block.mask.note}"
+                    + (f"; {block.note}" if block.note else "")
                 )
                 reports.append(BlockReport(name, True, block.lowered_to, kind, detail))
             else:
@@ -145,7 +150,7 @@ class FuseAttentionPass(ir.passes.InPlacePass):
 def format_blocks(reports: list[BlockReport]) -> str:
     """A table of the blocks for ``onnx-compress inspect``."""
     if not reports:
-        return "no attention blocks (no Softmax nodes) found"
+        return "no attention blocks (no Softmax or Attention nodes) found"
     lines = [f"{len(reports)} attention blocks, {sum(r.fused for r in reports)} fused"]
     for r in reports:
         if r.fused:

@@ -85,6 +85,10 @@ def _replace(old: ir.Value, new: ir.Value) -> None:
     name = old.name
     old.name = f"{name}__unfused"
     new.name = name
+    if new.dtype is None:
+        new.dtype = old.dtype
+    if new.shape is None:
+        new.shape = old.shape
 
 
 def _to_bsd(b: _Builder, x4: ir.Value, heads: int, head_size: int, layout: str = "BNSH") -> ir.Value:
@@ -312,9 +316,85 @@ def _gqa(b: _Builder, node: ir.Node, block: Block, dtype: ir.DataType) -> tuple[
     return _if_unpadded(b, attention_mask, then_b, then_outs, else_b, else_outs)
 
 
+def _onnx_attention(
+    b: _Builder, node: ir.Node, block: Block, dtype: ir.DataType, *, with_cache: bool
+) -> tuple[ir.Value, ...]:
+    """ONNX Attention (opset 23): 4-D Q/K/V, native KV heads (the op repeats them), the model's
+    own mask as an additive ``attn_mask`` (exact for every class), the cache handed to the op
+    when ``with_cache`` (outputs Y, present_key, present_value), else one output."""
+    q4, k4, v4, k_native, v_native = list(node.inputs[:5])
+    assert q4 is not None and k4 is not None and v4 is not None and k_native is not None and v_native is not None
+    terms = [v for v in node.inputs[6:] if v is not None]
+    key: ir.Value | None = k_native
+    value: ir.Value | None = v_native
+    if block.key_format == "BSNH":
+        key, value = b.op("Transpose", [k4], perm=[0, 2, 1, 3]), v4
+    past_k = past_v = None
+    if with_cache:
+        k_concat, v_concat = k_native.producer(), v_native.producer()
+        assert k_concat is not None and v_concat is not None
+        past_k, key = k_concat.inputs
+        past_v, value = v_concat.inputs
+    mask = _bias(b, block, terms, dtype) if block.mask.kind != MaskKind.NONE else None
+    outs = b.op(
+        "Attention",
+        [q4, key, value, mask, past_k, past_v],
+        outputs=3 if with_cache else 1,
+        scale=float(block.scale),
+    )
+    return (outs,) if not with_cache else tuple(outs)
+
+
+_REDUCE_AXES_TO_INPUT_18 = frozenset(
+    "ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare".split()
+)
+
+
+def _opset_17_to_18(model: ir.Model) -> None:
+    """Opset 18's one breaking change for these graphs: the Reduce ops take ``axes`` as an
+    input instead of an attribute (TorchScript exports at opset 17 use ReduceMean for norms)."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _REDUCE_AXES_TO_INPUT_18:
+            continue
+        axes = node.attributes.pop("axes", None)
+        if axes is None:
+            continue
+        const = ir.node("Constant", [], {"value": ir.tensor(np.asarray(axes.as_ints(), np.int64))})
+        const.outputs[0].name = f"{node.name or node.op_type}/axes"
+        assert node.graph is not None
+        node.graph.insert_before(node, const)
+        node.resize_inputs(2)
+        node.replace_input_with(1, const.outputs[0])
+    model.opset_imports[""] = 18
+
+
+def _ensure_opset(model: ir.Model, version: int) -> str | None:
+    """Raise the default-domain opset to ``version``; the reason when it cannot. 17 -> 18 by
+    :func:`_opset_17_to_18`, then onnxscript's version converter (adapters for the ops whose
+    signature changed after 18, a version bump for the rest)."""
+    current = model.opset_imports.get("", 1)
+    if current >= version:
+        return None
+    if current < 17:
+        return f"the model's opset {current} is below 17 (raising it to {version} is not supported)"
+    from onnxscript import version_converter
+
+    if current == 17:
+        _opset_17_to_18(model)
+    try:
+        version_converter.convert_version(model, version, fallback=False)
+    except Exception as e:  # the converter raises plain exceptions for ops it cannot adapt
+        return f"the model's opset {current} could not be raised to {version}: {e}"
+    if model.opset_imports.get("", 1) < version:
+        return f"the model's opset {current} could not be raised to {version}"
+    return None
+
+
 def lower_blocks(model: ir.Model, blocks: Mapping[str, Block], target: AttentionTarget) -> int:
     """Replace every CanonicalAttention node; return how many were lowered."""
     count = 0
+    onnx_op = target in (AttentionTarget.ONNX, AttentionTarget.TENSORRT)
+    opset_problem = _ensure_opset(model, 23) if onnx_op else None
     for node in list(model.graph):
         if node.domain != INTERNAL_DOMAIN or node.op_type != "CanonicalAttention":
             continue
@@ -322,6 +402,21 @@ def lower_blocks(model: ir.Model, blocks: Mapping[str, Block], target: Attention
         q4 = node.inputs[0]
         assert q4 is not None and q4.dtype is not None
         b = _Builder(f"{node.name or 'attention'}/fused")
+        if onnx_op and opset_problem is None:
+            with_cache = block.cache and target == AttentionTarget.ONNX
+            outs = _onnx_attention(b, node, block, q4.dtype, with_cache=with_cache)
+            if with_cache:
+                k_native, v_native = node.inputs[3], node.inputs[4]
+                assert k_native is not None and v_native is not None
+                _replace(k_native, outs[1])
+                _replace(v_native, outs[2])
+            block.lowered_to = "Attention (opset 23)" + (", KV cache in the op" if with_cache else "")
+            b.commit_before(node)
+            _replace(node.outputs[0], outs[0])
+            count += 1
+            continue
+        if onnx_op:
+            block.note = f"{opset_problem}; lowered for ORT instead"
         use_gqa = (
             target == AttentionTarget.ORT_CUDA
             and q4.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
