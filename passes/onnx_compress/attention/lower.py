@@ -85,7 +85,7 @@ def _replace(old: ir.Value, new: ir.Value) -> None:
     name = old.name
     old.name = f"{name}__unfused"
     new.name = name
-    if new.dtype is None:
+    if new.dtype is None and old.dtype is not None:
         new.dtype = old.dtype
     if new.shape is None:
         new.shape = old.shape
