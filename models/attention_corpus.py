@@ -823,6 +823,50 @@ def valid_query_positions(feeds_dict: Mapping[str, np.ndarray], name: str) -> np
     return np.ones((first.shape[0], seq), bool)
 
 
+Probe = tuple[int, int, str, int]  # (batch, seq, mask pattern, past length)
+
+
+def probes(name: str) -> list[Probe]:
+    """The parity probes for a corpus model: batch 1 and 2, all-ones / right / left padding,
+    and past lengths 1, 3 and 6 (prompt and decode) where the model has a cache."""
+    spec = _spec(name)
+    found: list[Probe] = [(1, 7, "ones", 0), (2, 7, "ones", 0), (2, 7, "right", 0), (2, 7, "left", 0)]
+    if spec.fixed_seq is not None:
+        found = [(1, spec.fixed_seq, "ones", 0), (2, spec.fixed_seq, "ones", 0)]
+    if spec.has_cache:
+        found += [(2, 5, "ones", 1), (2, 4, "left", 3), (1, 1, "ones", 6), (2, 1, "right", 6)]
+    return found
+
+
+def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a64 - b64) / max(float(np.linalg.norm(b64)), 1e-30))
+
+
+def parity_errors(
+    name: str, reference: list[np.ndarray], got: list[np.ndarray], feeds_dict: Mapping[str, np.ndarray]
+) -> list[float]:
+    """Relative errors of ``got`` vs ``reference`` (outputs of one run), each output compared
+    where it is defined: the first output at the valid (unpadded) query positions; present
+    keys/values (B, heads, T, H) at the keys the 2-D mask lets through. At a padded position
+    the value comes from a fully masked query row upstream, which ONNX Attention sets to 0 and
+    the unfused graph to a uniform average; the mask keeps that position masked in every later
+    step, so no valid output depends on it. NaN anywhere (fully masked rows too) is inf."""
+    valid = valid_query_positions(feeds_dict, name)
+    keys = np.asarray(feeds_dict["attention_mask"]) != 0 if "attention_mask" in feeds_dict else None
+    errors = []
+    for i, (g, r) in enumerate(zip(got, reference, strict=True)):
+        if not np.isfinite(g).all():
+            errors.append(float("inf"))
+            continue
+        if i == 0 and g.shape[:2] == valid.shape:
+            g, r = g[valid], r[valid]
+        elif keys is not None and g.ndim == 4 and g.shape[2] == keys.shape[1]:
+            g, r = g.transpose(0, 2, 1, 3)[keys], r.transpose(0, 2, 1, 3)[keys]
+        errors.append(_rel_error(g, r))
+    return errors
+
+
 def torch_reference(name: str, feeds_dict: Mapping[str, np.ndarray], dtype: str = "float32") -> list[np.ndarray]:
     """Outputs of the torch model on ``feeds_dict`` (same order as the exported graph's outputs)."""
     import torch
