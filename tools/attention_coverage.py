@@ -71,10 +71,19 @@ class Cell:
         return f"{self.fused}/{blocks}" + ("" if self.correct or self.fused == 0 else " wrong")
 
 
-def _count_fused(model: onnx.ModelProto, before: int) -> int:
-    """Fused attention ops in ``model``, less the ONNX ``Attention`` nodes the exporter had
-    already emitted (``before``): those are not the tool's work."""
-    return sum(1 for n in model.graph.node if n.op_type in FUSED_OPS) - before
+def _has_fused(node: onnx.NodeProto) -> bool:
+    """A fused attention op, or a control-flow node (our ``If`` on padding) holding one."""
+    if node.op_type in FUSED_OPS:
+        return True
+    graphs = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return any(_has_fused(n) for g in graphs for n in g.node)
+
+
+def _count_fused(model: onnx.ModelProto, before: int = 0) -> int:
+    """Fused attention blocks in ``model`` (top-level nodes that are or hold a fused op), less
+    the ONNX ``Attention`` nodes the exporter had already emitted (``before``): those are not
+    the tool's work."""
+    return sum(1 for n in model.graph.node if _has_fused(n)) - before
 
 
 def _run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -153,8 +162,8 @@ def measure(name: str, exporter: str, tool: str, dtype: str = "float32") -> Cell
         return Cell(0, False, f"crashed ({type(e).__name__} in {Path(last.filename).name})")
     exported = onnx.load(str(path), load_external_data=False)
     fused = _count_fused(candidate, sum(1 for n in exported.graph.node if n.op_type == "Attention" and n.domain == ""))
-    if tool == "onnx-compress":  # ours replaces the exporter's Attention nodes: count what we report
-        fused = sum(1 for n in candidate.graph.node if n.op_type in FUSED_OPS)
+    if tool == "onnx-compress":  # ours replaces the exporter's Attention nodes: count what we emit
+        fused = _count_fused(candidate)
     if fused == 0:
         return Cell(0, False, f"0/{spec.attention_blocks}")
     return _check(name, path, candidate, fused, dtype)
