@@ -1,0 +1,1 @@
+"""AWQ: activation-aware weight scales searched on calibration data (see search.py)."""
