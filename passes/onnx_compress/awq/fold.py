@@ -93,24 +93,20 @@ def _per_channel_const(value: ir.Value | None, k: int) -> bool:
 
 
 def _linear_producer(value: ir.Value) -> ir.Node | None:
-    """MatMul(z, W') with a constant 2-D W' (optionally + a constant bias) producing ``value``
-    and used only on that path: the node to divide the columns of."""
+    """MatMul(z, W') with a constant 2-D W' used only there (optionally followed by an Add of a
+    constant bias read only by that path) producing ``value``: the node to divide the columns of."""
     node = value.producer()
     if node is not None and node.op_type == "Add" and node.domain == "":
         a, b = node.inputs
         if _const(b) is None or a is None or not _only_consumer(a, node):
             return None
-        bias_owner = node
         node = a.producer()
-    else:
-        bias_owner = None
     if node is None or node.op_type != "MatMul" or node.domain != "":
         return None
     w = node.inputs[1]
     c = _const(w)
     if c is None or c.ndim != 2 or w is None or len(w.uses()) != 1:
         return None
-    del bias_owner
     return node
 
 
@@ -185,9 +181,9 @@ def _divide_const(node: ir.Node, index: int, s: np.ndarray) -> None:
     value = node.inputs[index]
     c = _const(value)
     assert c is not None and value is not None
-    new = (c.astype(np.float64) / s.reshape((1,) * max(c.ndim - 1, 0) + (-1,))).astype(c.dtype)
-    if c.size == 1:
-        new = (c.reshape(()).astype(np.float64) / s).astype(c.dtype)
+    # a scalar becomes a [K] vector; a [K] / [1, K] constant keeps its shape
+    c64 = c.reshape(()).astype(np.float64) if c.size == 1 else c.astype(np.float64)
+    new = (c64 / s.reshape((1,) * max(c64.ndim - 1, 0) + (-1,))).astype(c.dtype)
     name = f"{value.name}/awq"
     init = ir.Value(
         name=name,
