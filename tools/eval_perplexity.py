@@ -24,7 +24,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnx_compress import runtime
-from onnx_compress.calibration.data import _tokenize, input_specs, model_feeds, read_text, text_hash
+from onnx_compress.calibration.data import input_specs, model_feeds, read_text, text_hash, tokenize
 
 
 def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -63,7 +63,7 @@ def perplexity(model_path: Path, windows: np.ndarray, *, threads: int = 0) -> di
 
 def windows_of(text_path: Path, tokenizer: Path, windows: int, seqlen: int) -> tuple[np.ndarray, str]:
     text = read_text(text_path)
-    ids = _tokenize(text, tokenizer)
+    ids = tokenize(text, tokenizer)
     if len(ids) < windows * seqlen:
         raise SystemExit(f"{text_path}: {len(ids)} tokens, fewer than {windows} x {seqlen}")
     return ids[: windows * seqlen].reshape(windows, seqlen), text_hash(text)

@@ -242,20 +242,27 @@ def _if_unpadded(
     return (outs,) if len(then_outs) == 1 else tuple(outs)
 
 
+def _cache_parts(k_native: ir.Value, v_native: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
+    """(past key, new key, past value, new value) of a block whose cache is concatenated in
+    the graph (``Concat(past, new, axis=2)``, checked by the canonical rule)."""
+    parts = []
+    for value in (k_native, v_native):
+        concat = value.producer()
+        assert concat is not None and concat.inputs[0] is not None and concat.inputs[1] is not None
+        parts += [concat.inputs[0], concat.inputs[1]]
+    return parts[0], parts[1], parts[2], parts[3]
+
+
 def _gqa(b: _Builder, node: ir.Node, block: Block, dtype: ir.DataType) -> tuple[ir.Value, ...]:
     """ort-cuda, causal decoder: GQA when no row is padded, else MHA with the exact mask."""
     q4, _k4, _v4, k_native, v_native, attention_mask = list(node.inputs[:6])
     assert q4 is not None and k_native is not None and v_native is not None
     n, kvn, h = block.num_heads, block.kv_num_heads, block.head_size
+    past_k: ir.Value | None = None
+    past_v: ir.Value | None = None
+    k_new, v_new = k_native, v_native
     if block.cache:
-        k_concat, v_concat = k_native.producer(), v_native.producer()
-        assert k_concat is not None and v_concat is not None
-        past_k, k_new = k_concat.inputs
-        past_v, v_new = v_concat.inputs
-    else:
-        past_k = past_v = None
-        k_new, v_new = k_native, v_native
-    assert k_new is not None and v_new is not None
+        past_k, k_new, past_v, v_new = _cache_parts(k_native, v_native)
     query = _to_bsd(b, q4, n, h)
     key = _to_bsd(b, k_new, kvn, h)
     value = _to_bsd(b, v_new, kvn, h)
@@ -331,10 +338,7 @@ def _onnx_attention(
         key, value = b.op("Transpose", [k4], perm=[0, 2, 1, 3]), v4
     past_k = past_v = None
     if with_cache:
-        k_concat, v_concat = k_native.producer(), v_native.producer()
-        assert k_concat is not None and v_concat is not None
-        past_k, key = k_concat.inputs
-        past_v, value = v_concat.inputs
+        past_k, key, past_v, value = _cache_parts(k_native, v_native)
     mask = _bias(b, block, terms, dtype) if block.mask.kind != MaskKind.NONE else None
     outs = b.op(
         "Attention",

@@ -64,7 +64,8 @@ class Group:
     activation: ir.Value
     sites: tuple[Site, ...]
     fold: FoldKind
-    target: ir.Node | None  # the node whose constants absorb 1/s (None for INSERT_MUL)
+    target: ir.Node | None  # the node whose constants absorb 1/s: the norm, the Mul by gamma,
+    # the Add of beta, or the MatMul whose columns are divided (None for INSERT_MUL)
 
     @property
     def name(self) -> str:
@@ -133,8 +134,9 @@ def _fold_kind(x: ir.Value, k: int) -> tuple[FoldKind, ir.Node | None]:
         if _per_channel_const(b, k) or _per_channel_const(a, k):
             return FoldKind.MUL_CONST, node
         for operand in (b, a):
-            if operand is not None and _only_consumer(operand, node) and _linear_producer(operand) is not None:
-                return FoldKind.MUL_BRANCH, node
+            matmul = _linear_producer(operand) if operand is not None and _only_consumer(operand, node) else None
+            if matmul is not None:
+                return FoldKind.MUL_BRANCH, matmul
     if op == "Add":
         a, b = node.inputs
         mul = a.producer() if a is not None else None
@@ -147,8 +149,9 @@ def _fold_kind(x: ir.Value, k: int) -> tuple[FoldKind, ir.Node | None]:
             and _per_channel_const(mul.inputs[1], k)
         ):
             return FoldKind.ADD_MUL_CONST, node
-    if op in ("MatMul", "Add") and _linear_producer(x) is not None:
-        return FoldKind.MATMUL_COLS, node
+    matmul = _linear_producer(x) if op in ("MatMul", "Add") else None
+    if matmul is not None:
+        return FoldKind.MATMUL_COLS, matmul
     return FoldKind.INSERT_MUL, None
 
 
@@ -177,6 +180,18 @@ def find_groups(model: ir.Model) -> list[Group]:
     return groups
 
 
+def _replace_const(node: ir.Node, index: int, array: np.ndarray, name: str, dtype: ir.DataType) -> ir.Value:
+    """A new initializer ``name`` holding ``array`` as ``node``'s input ``index`` (the old
+    constant stays for its other readers)."""
+    init = ir.Value(
+        name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape), type=ir.TensorType(dtype)
+    )
+    assert node.graph is not None
+    node.graph.register_initializer(init)
+    node.replace_input_with(index, init)
+    return init
+
+
 def _divide_const(node: ir.Node, index: int, s: np.ndarray) -> None:
     value = node.inputs[index]
     c = _const(value)
@@ -184,16 +199,7 @@ def _divide_const(node: ir.Node, index: int, s: np.ndarray) -> None:
     # a scalar becomes a [K] vector; a [K] / [1, K] constant keeps its shape
     c64 = c.reshape(()).astype(np.float64) if c.size == 1 else c.astype(np.float64)
     new = (c64 / s.reshape((1,) * max(c64.ndim - 1, 0) + (-1,))).astype(c.dtype)
-    name = f"{value.name}/awq"
-    init = ir.Value(
-        name=name,
-        const_value=ir.tensor(new, name=name),
-        shape=ir.Shape(new.shape),
-        type=ir.TensorType(value.dtype or ir.DataType.FLOAT),
-    )
-    assert node.graph is not None
-    node.graph.register_initializer(init)
-    node.replace_input_with(index, init)
+    _replace_const(node, index, new, f"{value.name}/awq", value.dtype or ir.DataType.FLOAT)
 
 
 def _divide_columns(matmul: ir.Node, s: np.ndarray) -> None:
@@ -211,16 +217,7 @@ def apply_scales(group: Group, s: np.ndarray) -> None:
         node = site.uses[0].node
         w = site.tensor.numpy()
         scaled = (w.astype(np.float64) * s[:, None]).astype(w.dtype)
-        name = f"{site.value.name}/awq"
-        init = ir.Value(
-            name=name,
-            const_value=ir.tensor(scaled, name=name),
-            shape=ir.Shape(scaled.shape),
-            type=ir.TensorType(site.dtype),
-        )
-        assert node.graph is not None
-        node.graph.register_initializer(init)
-        node.replace_input_with(site.uses[0].input_index, init)
+        _replace_const(node, site.uses[0].input_index, scaled, f"{site.value.name}/awq", site.dtype)
     target = group.target
     if group.fold is FoldKind.NORM:
         assert target is not None
@@ -237,30 +234,15 @@ def apply_scales(group: Group, s: np.ndarray) -> None:
         assert mul is not None
         _divide_const(mul, 1, s)
         _divide_const(target, 1, s)
-    elif group.fold is FoldKind.MATMUL_COLS:
+    elif group.fold in (FoldKind.MATMUL_COLS, FoldKind.MUL_BRANCH):
         assert target is not None
-        matmul = _linear_producer(group.activation)
-        assert matmul is not None
-        _divide_columns(matmul, s)
-    elif group.fold is FoldKind.MUL_BRANCH:
-        assert target is not None
-        for operand in (target.inputs[1], target.inputs[0]):
-            matmul = _linear_producer(operand) if operand is not None and _only_consumer(operand, target) else None
-            if matmul is not None:
-                _divide_columns(matmul, s)
-                break
+        _divide_columns(target, s)
     else:
         x = group.activation
         dtype = x.dtype or ir.DataType.FLOAT
-        inv = (1.0 / s).astype(dtype.numpy())
-        name = f"{group.name}/awq_inv_scale"
-        const = ir.Value(
-            name=name, const_value=ir.tensor(inv, name=name), shape=ir.Shape(inv.shape), type=ir.TensorType(dtype)
-        )
         first = group.sites[0].uses[0].node
         assert first.graph is not None
-        first.graph.register_initializer(const)
-        mul = ir.node("Mul", [x, const], name=f"{group.name}/awq_mul")
+        mul = ir.node("Mul", [x, None], name=f"{group.name}/awq_mul")
         mul.outputs[0].name = f"{group.name}/awq_scaled"
         mul.outputs[0].dtype = dtype
         mul.outputs[0].shape = x.shape
@@ -269,5 +251,6 @@ def apply_scales(group: Group, s: np.ndarray) -> None:
             first.graph.insert_after(producer, mul)
         else:  # a graph input: before every node
             first.graph.insert_before(next(iter(first.graph)), mul)
+        _replace_const(mul, 1, (1.0 / s).astype(dtype.numpy()), f"{group.name}/awq_inv_scale", dtype)
         for site in group.sites:
             site.uses[0].node.replace_input_with(0, mul.outputs[0])

@@ -62,11 +62,6 @@ class FakeQuant:
         scales = int8.scales_from_absmax(int8.absmax(w, 0, self.block_size))
         return int8.dequantize(int8.quantize(w, scales, 0, self.block_size), scales, 0, self.block_size)
 
-    @property
-    def group(self) -> int:
-        """Rows of K sharing a scale (for the weight normalization and the clip search)."""
-        return self.block_size
-
 
 def weight_mean(weights: Sequence[np.ndarray], block_size: int) -> np.ndarray:
     """AutoAWQ's w_mean [K]: |w| / max|w| per (block along K, output channel), averaged over
@@ -117,7 +112,7 @@ def search_scales(
     ones = np.ones(k, np.float32)
     loss_rtn = _group_loss(x, weights, reference, quant, ones)
     xm = np.asarray(x_mean, np.float64)
-    wm = weight_mean(weights, quant.group).astype(np.float64)
+    wm = weight_mean(weights, quant.block_size).astype(np.float64)
     best: tuple[float, float | None, np.ndarray] = (loss_rtn, None, ones)
     for i in range(GRID):
         r = i / GRID
@@ -138,7 +133,7 @@ def search_clip(x_rows: np.ndarray, w_kn: np.ndarray, quant: FakeQuant, *, max_r
     x = np.asarray(x_rows[:max_rows], np.float32)
     w = np.asarray(w_kn, np.float32)
     k, n = w.shape
-    b = quant.group or k
+    b = quant.block_size or k
     kb = -(-k // b)
     peak = np.stack([np.abs(w[i * b : (i + 1) * b]).max(axis=0) for i in range(kb)])  # [kb, N]
     best_err = np.full((kb, n), np.inf)

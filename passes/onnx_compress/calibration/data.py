@@ -26,6 +26,7 @@ __all__ = [
     "read_text",
     "text_hash",
     "text_samples",
+    "tokenize",
 ]
 
 import dataclasses
@@ -151,7 +152,7 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _tokenize(text: str, tokenizer: str | os.PathLike[str]) -> np.ndarray:
+def tokenize(text: str, tokenizer: str | os.PathLike[str]) -> np.ndarray:
     try:
         from tokenizers import Tokenizer
     except ImportError as e:  # an optional dependency (the export extra)
@@ -177,7 +178,7 @@ def text_samples(
     batch-1 input dict for the model (see :func:`model_feeds`)."""
     if samples < 1 or seqlen < 1:
         raise CalibrationDataError(f"calibration samples and sequence length must be >= 1, got {samples} x {seqlen}")
-    ids = _tokenize(read_text(text), tokenizer)
+    ids = tokenize(read_text(text), tokenizer)
     available = len(ids) // seqlen
     if available == 0:
         raise CalibrationDataError(f"the text has {len(ids)} tokens, fewer than one window of {seqlen}")

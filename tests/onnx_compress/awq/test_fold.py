@@ -32,7 +32,8 @@ def test_groups_and_folds_leave_the_float_model_unchanged(name: str, exported) -
     kinds = collections.Counter(g.fold for g in groups)
     assert dict(kinds) == EXPECTED[name], kinds
     sizes = collections.Counter(len(g.sites) for g in groups)
-    assert sizes[3] == len(groups) // 4 or name == "minilm"  # q, k, v together
+    layers = {"smollm2-l4": 4, "minilm": 6}[name]
+    assert sizes[3] == layers and len(groups) == 4 * layers  # q, k, v together; o, up/gate, down
     rng = np.random.default_rng(0)
     for g in groups:
         # scales spread like AWQ's (1e-2..1e2 after normalization would be extreme; 0.25..4 is
