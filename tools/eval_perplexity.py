@@ -35,13 +35,19 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - x[np.arange(len(targets)), targets]  # type: ignore[no-any-return]
 
 
-def perplexity(model_path: Path, windows: np.ndarray, *, threads: int = 0) -> dict[str, float]:
-    """Perplexity of the model on token windows [W, L]."""
+def perplexity(
+    model_path: Path, windows: np.ndarray, *, threads: int = 0, accuracy_level: int | None = None
+) -> dict[str, float]:
+    """Perplexity of the model on token windows [W, L]. ``accuracy_level``: ORT CPU's compute
+    type for DequantizeLinear -> MatMul it fuses into MatMulNBits (default 4 = int8
+    activations; 1 = fp32, isolating the weights' error)."""
     model = ir.load(str(model_path))
     specs = input_specs(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if accuracy_level is not None:
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
     if any(n.domain == runtime.DOMAIN for n in model.graph.all_nodes()):
         runtime.session_options(options)
     del model
@@ -77,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--json", type=Path, help="append one JSON line per model")
+    parser.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=(1, 4),
+        help="ORT CPU compute type of fused QDQ weights: 4 (ORT's default) quantizes activations to int8, 1 = fp32",
+    )
     args = parser.parse_args(argv)
     if args.text is None:
         from models import text
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         args.tokenizer = export.smollm2_tokenizer()
     windows, digest = windows_of(args.text, args.tokenizer, args.windows, args.seqlen)
     for path in args.models:
-        result = perplexity(path, windows)
+        result = perplexity(path, windows, accuracy_level=args.accuracy_level)
         row = {"model": str(path), "text_hash": digest, "windows": args.windows, "seqlen": args.seqlen, **result}
         print(
             f"{path.name}: perplexity {result['perplexity']:.3f} ({args.windows} x {args.seqlen} tokens of "

@@ -7,9 +7,13 @@ Public API::
     result = oc.compress("model.onnx", oc.Recipe())          # in memory: CompressResult(model, report)
     report = oc.compress_file("model.onnx", "out.onnx", oc.Recipe(
         steps=(oc.QuantizeWeights(block_size=32),)))          # paths: atomic, verified write
+    report = oc.compress_file("model.onnx", "out.onnx", oc.Recipe(
+        steps=(oc.Awq(), oc.QuantizeWeights(scheme=oc.WeightScheme.INT4))),
+        calibration=oc.TextCalibration(Path("docs/"), Path("tokenizer.json")))  # or any iterable of input dicts
 """
 
 from onnx_compress.api import CompressResult, compress, compress_file
+from onnx_compress.calibration.data import TextCalibration
 from onnx_compress.errors import (
     CalibrationDataError,
     ModelLoadError,
@@ -24,17 +28,23 @@ from onnx_compress.model_io import load
 from onnx_compress.recipe import (
     DEFAULT_RECIPE,
     AccuracyLevel,
+    AttentionTarget,
+    Awq,
+    FuseAttention,
     QuantizeWeights,
     Recipe,
     Verify,
     WeightFormat,
     WeightScheme,
 )
-from onnx_compress.report import LayerRecord, Report
+from onnx_compress.report import AwqRecord, LayerRecord, Report
 
 __all__ = [
     "DEFAULT_RECIPE",
     "AccuracyLevel",
+    "AttentionTarget",
+    "Awq",
+    "AwqRecord",
     "CalibrationDataError",
     "CompressResult",
     "LayerRecord",
@@ -45,8 +55,10 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Report",
+    "TextCalibration",
     "RuntimeLibraryError",
     "UnsupportedModelError",
+    "FuseAttention",
     "VerificationError",
     "Verify",
     "WeightFormat",

@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +18,30 @@ import onnx
 import onnx_ir as ir
 
 from onnx_compress import model_io, runtime
+from onnx_compress.calibration.data import TextCalibration
 from onnx_compress.calibration.layer_inputs import LayerInputs, capture_layer_inputs
-from onnx_compress.recipe import DEFAULT_RECIPE, PassContext, ProgressFactory, Recipe
+from onnx_compress.calibration.stats import ActivationStats, collect_stats, model_fingerprint
+from onnx_compress.errors import CalibrationDataError
+from onnx_compress.recipe import (
+    DEFAULT_RECIPE,
+    NEEDS_CALIBRATION,
+    PassContext,
+    ProgressFactory,
+    QuantizeWeights,
+    Recipe,
+)
 from onnx_compress.report import Report, build_report
 from onnx_compress.verify import random_inputs, verify_files
 
 logger = logging.getLogger(__name__)
 
-Calibration = Iterable[Mapping[str, np.ndarray]]
-"""Model input samples: dicts from input name to array (the first few also verify the output)."""
+Samples = Iterable[Mapping[str, np.ndarray]]
+Calibration = Samples | TextCalibration
+"""Model input samples: dicts from input name to array (the first few also verify the output),
+or text to build them from (:class:`~onnx_compress.calibration.data.TextCalibration`)."""
+
+StatsSource = ActivationStats | str | os.PathLike[str]
+"""Activation statistics, or the .npz file that caches them."""
 
 _VERIFY_SAMPLES = 4
 
@@ -47,7 +62,8 @@ def _as_ir(model: ir.Model | onnx.ModelProto | str | os.PathLike[str]) -> ir.Mod
 
 def _layer_inputs(model: ir.Model, recipe: Recipe, feeds: Sequence[Mapping[str, np.ndarray]]) -> LayerInputs | None:
     """Inputs of every MatMul/Gemm layer on the verification samples, when a step can use them:
-    per-layer output errors in the report (with verification on) and ``max_layer_error``."""
+    per-layer output errors in the report (with verification on) and ``max_layer_error``.
+    Captured on the model as the quantize step will see it (after AWQ has rescaled it)."""
     q = recipe.quantize
     if q is None or not (recipe.verify.enabled or q.max_layer_error is not None):
         return None
@@ -60,27 +76,109 @@ def _custom_op_libraries(model: ir.Model) -> list[str]:
     return [os.fspath(runtime.library_path())] if uses_ours else []
 
 
-def _run_passes(
-    model: ir.Model, recipe: Recipe, progress: ProgressFactory | None, layer_inputs: LayerInputs | None = None
-) -> bool:
-    passes = recipe.build_passes(PassContext(progress=progress, layer_inputs=layer_inputs))
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """The data a run uses besides the model."""
+
+    feeds: list[Mapping[str, np.ndarray]]  # verification (and layer-input capture) samples
+    stats: ActivationStats | None  # activation statistics for steps that need calibration
+    check: tuple[Mapping[str, np.ndarray], ...]  # samples to check folds on
+
+
+def _run_passes(model: ir.Model, recipe: Recipe, progress: ProgressFactory | None, inputs: _Inputs) -> bool:
+    context = PassContext(progress=progress, activation_stats=inputs.stats, check_inputs=inputs.check)
     modified = False
-    for p in passes:
-        modified |= p(model).modified
+    for step in recipe.steps:
+        if isinstance(step, QuantizeWeights):  # its layer inputs as it sees them
+            context = dataclasses.replace(context, layer_inputs=_layer_inputs(model, recipe, inputs.feeds))
+        for p in recipe.build_passes(context, steps=(step,)):
+            modified |= p(model).modified
     return modified
 
 
-def _feeds(model: ir.Model, recipe: Recipe, calibration: Calibration | None) -> list[Mapping[str, np.ndarray]]:
-    """Samples for verification and layer-input capture; none when neither runs."""
+class _Keep:
+    """Iterate ``samples`` and keep the first ``n`` (for verification after the statistics)."""
+
+    def __init__(self, samples: Iterable[Mapping[str, np.ndarray]], n: int) -> None:
+        self.samples, self.n = samples, n
+        self.kept: list[Mapping[str, np.ndarray]] = []
+
+    def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
+        for sample in self.samples:
+            if len(self.kept) < self.n:
+                self.kept.append(sample)
+            yield sample
+
+
+def _statistics(
+    model: ir.Model,
+    recipe: Recipe,
+    calibration: Samples | None,
+    stats: StatsSource | None,
+    progress: ProgressFactory | None,
+) -> tuple[ActivationStats, list[Mapping[str, np.ndarray]]]:
+    """The activation statistics the recipe's calibrated steps read (given, loaded from the
+    cache file, or collected on ``calibration`` and saved there), and the first samples seen."""
+    fingerprint = model_fingerprint(model)
+    if isinstance(stats, ActivationStats):
+        if stats.fingerprint != fingerprint:
+            raise CalibrationDataError(
+                f"the calibration statistics were collected on another model (fingerprint {stats.fingerprint}, "
+                f"this model {fingerprint})"
+            )
+        return stats, []
+    path = Path(stats) if stats is not None else None
+    if path is not None and path.exists():
+        loaded = ActivationStats.load(path, fingerprint)
+        logger.info("calibration statistics from %s (%d samples)", path, loaded.samples)
+        return loaded, []
+    if calibration is None:
+        steps = ", ".join(repr(s.KIND) for s in recipe.steps if isinstance(s, NEEDS_CALIBRATION))
+        raise CalibrationDataError(
+            f"step {steps} needs calibration data: model input samples (Python: an iterable of input dicts; "
+            "CLI: --calib-data FILE|DIR of .npz, or --calib-text FILE|DIR with --tokenizer tokenizer.json), "
+            "or statistics saved earlier (--calib-stats FILE)"
+        )
+    awq = recipe.awq
+    rows = awq.rows if awq is not None else 0
+    keep = _Keep(calibration, _VERIFY_SAMPLES)
+    total = len(calibration) if isinstance(calibration, Sized) else None
+    collected = collect_stats(
+        model, keep, rows=rows, seed=awq.seed if awq is not None else 0, progress=progress, total=total
+    )
+    if path is not None:
+        collected.save(path)
+        logger.info("calibration statistics saved to %s", path)
+    return collected, keep.kept
+
+
+def _inputs(
+    model: ir.Model,
+    recipe: Recipe,
+    calibration: Calibration | None,
+    stats: StatsSource | None,
+    progress: ProgressFactory | None,
+) -> _Inputs:
+    activation_stats: ActivationStats | None = None
+    seen: list[Mapping[str, np.ndarray]] = []
+    if isinstance(calibration, TextCalibration):
+        calibration = calibration.for_model(model)
+    if recipe.needs_calibration:
+        activation_stats, seen = _statistics(model, recipe, calibration, stats, progress)
     q = recipe.quantize
-    if not (recipe.verify.enabled or (q is not None and q.max_layer_error is not None)):
-        return []
-    if calibration is not None:
-        samples = list(itertools.islice(iter(calibration), _VERIFY_SAMPLES))
-        if samples:
-            return samples
     v = recipe.verify
-    return [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)]
+    feeds: list[Mapping[str, np.ndarray]] = []
+    if recipe.verify.enabled or (q is not None and q.max_layer_error is not None):
+        if seen:
+            feeds = seen
+        elif calibration is not None:
+            feeds = list(itertools.islice(iter(calibration), _VERIFY_SAMPLES))
+        if not feeds:
+            feeds = [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)]
+    check: tuple[Mapping[str, np.ndarray], ...] = ()
+    if recipe.needs_calibration:
+        check = tuple((feeds or seen or [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)])[:2])
+    return _Inputs(feeds, activation_stats, check)
 
 
 def compress(
@@ -89,8 +187,15 @@ def compress(
     calibration: Calibration | None = None,
     *,
     progress: ProgressFactory | None = None,
+    calibration_stats: StatsSource | None = None,
 ) -> CompressResult:
     """Apply ``recipe`` to ``model`` and return the compressed model with its report.
+
+    ``calibration``: model input samples (any iterable of dicts, read once): steps that need
+    calibration (AWQ) collect activation statistics on all of them; the first four also verify
+    the output. ``calibration_stats``: statistics collected earlier (an :class:`ActivationStats`),
+    or a .npz path: loaded when it exists (refused if it belongs to another model), else
+    collected on ``calibration`` and saved there.
 
     The given model is not modified. With ``recipe.verify.enabled`` the result is checked
     (onnx.checker, ORT CPU load, output parity on ``calibration`` samples or seeded random
@@ -100,8 +205,9 @@ def compress(
     original = _as_ir(model)
     before_bytes = model_io.model_nbytes(original)
     work = original.clone()  # tensors are shared and never written to: the caller's model is untouched
-    feeds = _feeds(original, recipe, calibration)
-    _run_passes(work, recipe, progress, _layer_inputs(original, recipe, feeds))
+    inputs = _inputs(original, recipe, calibration, calibration_stats, progress)
+    feeds = inputs.feeds
+    _run_passes(work, recipe, progress, inputs)
     report = build_report(before_bytes, work, model_io.model_nbytes(work), 0.0, recipe.to_toml())
     if recipe.verify.enabled:
         with tempfile.TemporaryDirectory(prefix="onnx-compress-verify-") as tmp:
@@ -127,12 +233,14 @@ def compress_file(
     *,
     progress: ProgressFactory | None = None,
     external_data: bool | None = None,
+    calibration_stats: StatsSource | None = None,
 ) -> Report:
     """Compress the model at ``input_path`` into ``output_path``; return the report.
 
     The input is loaded lazily (external data stays on disk until each weight is quantized), the
     output is written next to its destination, verified there, and only then moved into place:
-    on any error nothing is written and the input is never modified.
+    on any error nothing is written and the input is never modified. ``calibration`` and
+    ``calibration_stats`` as in :func:`compress`.
     """
     start = time.perf_counter()
     model = model_io.load(input_path)
@@ -140,8 +248,9 @@ def compress_file(
     before_bytes = model_io.model_nbytes(model)
     if external_data is None and model_io.external_data_paths(model):
         external_data = True  # keep the input's layout; otherwise decided by size when saving
-    feeds = _feeds(model, recipe, calibration)
-    _run_passes(model, recipe, progress, _layer_inputs(model, recipe, feeds))
+    inputs = _inputs(model, recipe, calibration, calibration_stats, progress)
+    feeds = inputs.feeds
+    _run_passes(model, recipe, progress, inputs)
     after_bytes = model_io.model_nbytes(model)
     verification = None
     with model_io.StagedOutput(out) as staged:

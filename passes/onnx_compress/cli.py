@@ -14,11 +14,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from onnx_compress.calibration.data import DEFAULT_SAMPLES, DEFAULT_SEQLEN, TextCalibration, load_npz
 from onnx_compress.errors import OnnxCompressError, OutputPathError, RecipeError
 from onnx_compress.recipe import (
     DEFAULT_RECIPE,
     AccuracyLevel,
     AttentionTarget,
+    Awq,
     FuseAttention,
     QuantizeWeights,
     Recipe,
@@ -46,6 +48,9 @@ examples:
       NF4 in stock ORT's com.microsoft.MatMulBnb4
   onnx-compress model.onnx out.onnx --quantize int4 --max-layer-error 0.15 --report r.json
       layers whose 4-bit output error exceeds 15% fall back to int8 (then float)
+  onnx-compress model.onnx out.onnx --quantize int4 --awq --calib-text docs/ --tokenizer tokenizer.json
+      AWQ scales searched on 128 x 512 tokens of text, folded into the norms, then int4 as usual
+      (add --calib-stats stats.npz to reuse the activation statistics across runs)
   onnx-compress model.onnx out.onnx --exclude 'lm_head|embed' --report report.json
   onnx-compress model.onnx out.onnx --target ort-cpu --no-quantize
       only fuse attention (MultiHeadAttention for ORT CPU), weights untouched
@@ -75,6 +80,7 @@ _STEP_FLAGS = (
     "target",
     "fuse_attention",
     "no_quantize",
+    "awq",
 )
 
 
@@ -186,6 +192,46 @@ def _parser() -> argparse.ArgumentParser:
         "ort-cpu (MultiHeadAttention), tensorrt / onnx (ONNX Attention, opset 23)",
     )
     q.add_argument("--no-quantize", action="store_true", default=None, help="leave the weights float")
+    c = p.add_argument_group("calibration (AWQ)")
+    c.add_argument(
+        "--awq",
+        action="store_true",
+        default=None,
+        help="activation-aware weight scaling before quantizing (AutoAWQ's search; needs calibration data); "
+        "the output has the same ops as without it",
+    )
+    c.add_argument(
+        "--calib-data",
+        type=Path,
+        metavar="NPZ",
+        help="calibration samples: one .npz (a dict of model inputs) or a folder of them; "
+        "the first four also verify the output",
+    )
+    c.add_argument(
+        "--calib-text", type=Path, metavar="PATH", help="calibration text: a file, or a folder of .txt/.rst/.md files"
+    )
+    c.add_argument("--tokenizer", type=Path, metavar="JSON", help="tokenizer.json for --calib-text")
+    c.add_argument(
+        "--calib-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"windows of text to calibrate on (default {DEFAULT_SAMPLES})",
+    )
+    c.add_argument(
+        "--calib-seqlen",
+        type=int,
+        default=None,
+        metavar="L",
+        help=f"tokens per window (default {DEFAULT_SEQLEN}, or the model's fixed sequence length if shorter)",
+    )
+    c.add_argument(
+        "--calib-stats",
+        type=Path,
+        metavar="NPZ",
+        help="cache of the activation statistics: read if it exists (refused for another model), "
+        "else collected and written there",
+    )
     r = p.add_argument_group("recipe")
     r.add_argument("--recipe", type=Path, metavar="TOML", help="read the steps from a recipe file")
     r.add_argument("--print-recipe", action="store_true", help="print the effective recipe as TOML and exit")
@@ -251,6 +297,10 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         if "accuracy_level" in given:
             fields["accuracy_level"] = AccuracyLevel(given["accuracy_level"])
         steps: list[Any] = []
+        if given.get("awq"):
+            if given.get("no_quantize"):
+                raise RecipeError("--awq prepares weights for quantization; it cannot be combined with --no-quantize")
+            steps.append(Awq())
         if given.get("fuse_attention", True):
             target = AttentionTarget(given["target"]) if "target" in given else AttentionTarget.ORT_CUDA
             steps.append(FuseAttention(target=target))
@@ -258,7 +308,7 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
             raise RecipeError("--target has no effect with --no-fuse-attention")
         if given.get("no_quantize"):
             if fields:
-                flags = ", ".join("--" + k.replace("_", "-") for k in given if k not in _ATTENTION_FLAGS)
+                flags = ", ".join("--" + k.replace("_", "-") for k in given if k not in (*_ATTENTION_FLAGS, "awq"))
                 raise RecipeError(f"{flags} cannot be combined with --no-quantize")
         else:
             steps.append(QuantizeWeights(**fields))
@@ -269,6 +319,29 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     if args.verify_tolerance is not None:
         verify = dataclasses.replace(verify, tolerance=args.verify_tolerance)
     return dataclasses.replace(recipe, verify=verify)
+
+
+def calibration_source(args: argparse.Namespace) -> Any:
+    """The calibration samples the flags name (None without any)."""
+    text_flags = {
+        "--tokenizer": args.tokenizer,
+        "--calib-samples": args.calib_samples,
+        "--calib-seqlen": args.calib_seqlen,
+    }
+    if args.calib_data is not None and args.calib_text is not None:
+        raise RecipeError("give either --calib-data or --calib-text, not both")
+    if args.calib_text is None:
+        stray = [flag for flag, value in text_flags.items() if value is not None]
+        if stray:
+            raise RecipeError(f"{', '.join(stray)} only apply with --calib-text")
+        return load_npz(args.calib_data) if args.calib_data is not None else None
+    if args.tokenizer is None:
+        raise RecipeError("--calib-text needs --tokenizer tokenizer.json (the model's tokenizer)")
+    for flag in ("--calib-samples", "--calib-seqlen"):
+        value = text_flags[flag]
+        if value is not None and value < 1:
+            raise RecipeError(f"{flag} must be >= 1, got {value}")
+    return TextCalibration(args.calib_text, args.tokenizer, args.calib_samples, args.calib_seqlen)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -334,8 +407,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("give an input and an output model path (or --print-recipe)")
         from onnx_compress.api import compress_file  # heavy imports only when there is work
 
+        if args.calib_stats is not None and not recipe.needs_calibration:
+            raise RecipeError("--calib-stats only applies with a step that calibrates (--awq)")
         report = compress_file(
-            args.input, args.output, recipe, progress=_progress(args.quiet), external_data=args.external_data
+            args.input,
+            args.output,
+            recipe,
+            calibration_source(args),
+            progress=_progress(args.quiet),
+            external_data=args.external_data,
+            calibration_stats=args.calib_stats,
         )
         if args.report is not None:
             try:

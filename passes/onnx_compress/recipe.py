@@ -22,9 +22,11 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "NEEDS_CALIBRATION",
     "STEP_ORDER",
     "AccuracyLevel",
     "AttentionTarget",
+    "Awq",
     "FuseAttention",
     "QuantizeWeights",
     "Recipe",
@@ -51,6 +53,7 @@ from onnx_compress.errors import RecipeError
 
 if typing.TYPE_CHECKING:
     from onnx_compress.calibration.layer_inputs import LayerInputs
+    from onnx_compress.calibration.stats import ActivationStats
 
 
 class WeightScheme(enum.Enum):
@@ -241,6 +244,58 @@ class QuantizeWeights:
         return [QuantizeWeightsPass(self, progress=context.progress, layer_inputs=context.layer_inputs)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Awq:
+    """Activation-aware weight scaling (AWQ) for the quantize step that follows it.
+
+    Needs calibration data (``--calib-data`` / ``--calib-text``, or statistics from
+    ``--calib-stats``). Per group of weights reading one activation, the scales are searched on
+    the calibration statistics (AutoAWQ's 20-point grid), folded into the activation's producer
+    (checked: the float model is unchanged), then each weight's clipping bound per block is
+    searched (q/k skipped). The quantize step then writes the same ops as without AWQ.
+
+    Attributes:
+        clip: search a clipping bound per (block, output channel), AutoAWQ's ``_compute_best_clip``.
+        rows: calibration rows per activation kept as a uniform sample to evaluate the scale
+            loss on (AutoAWQ evaluates all tokens; 2048 rows of 128 x 512 bound time and memory).
+        clip_rows: rows the clip search evaluates (AutoAWQ: 512).
+        seed: seed of the row sampling.
+    """
+
+    KIND: ClassVar[str] = "awq"
+
+    clip: bool = True
+    rows: int = 2048
+    clip_rows: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows < 16:
+            raise RecipeError(f"awq rows must be >= 16, got {self.rows}")
+        if not 16 <= self.clip_rows <= self.rows:
+            raise RecipeError(f"awq clip_rows must be in [16, rows={self.rows}], got {self.clip_rows}")
+
+    def build(self, context: PassContext) -> list[ir.passes.PassBase]:
+        from onnx_compress.awq.scaling import AwqPass
+
+        if context.quantize is None:
+            raise RecipeError("step 'awq' needs a 'quantize' step after it")
+        if context.activation_stats is None:
+            raise RecipeError(
+                "step 'awq' needs calibration data: --calib-data FILE|DIR (.npz model inputs), "
+                "--calib-text FILE|DIR with --tokenizer tokenizer.json, or --calib-stats FILE"
+            )
+        return [
+            AwqPass(
+                self,
+                context.quantize,
+                context.activation_stats,
+                check_inputs=context.check_inputs,
+                progress=context.progress,
+            )
+        ]
+
+
 class AttentionTarget(enum.Enum):
     """Where the fused model will run: decides which attention op each block becomes."""
 
@@ -268,16 +323,21 @@ class FuseAttention:
         return [FuseAttentionPass(self.target)]
 
 
-Step: TypeAlias = FuseAttention | QuantizeWeights
+Step: TypeAlias = Awq | FuseAttention | QuantizeWeights
 """Union of every step type (grows as passes are added)."""
 
 STEP_TYPES: Mapping[str, type[Step]] = types.MappingProxyType(
-    {FuseAttention.KIND: FuseAttention, QuantizeWeights.KIND: QuantizeWeights}
+    {Awq.KIND: Awq, FuseAttention.KIND: FuseAttention, QuantizeWeights.KIND: QuantizeWeights}
 )
 
-STEP_ORDER: Mapping[type[Step], int] = types.MappingProxyType({FuseAttention: 10, QuantizeWeights: 100})
+STEP_ORDER: Mapping[type[Step], int] = types.MappingProxyType({Awq: 5, FuseAttention: 10, QuantizeWeights: 100})
 """Where each step may stand: steps must appear in non-decreasing rank, each kind at most once.
-Graph restructuring comes first, then weight rewrites that need float weights, quantization last."""
+Steps that read calibration statistics come first (the statistics are collected on the input
+model, so the values they name must still be there: AWQ before attention fusion renames the
+attention output), then graph restructuring, quantization last."""
+
+NEEDS_CALIBRATION: tuple[type[Step], ...] = (Awq,)
+"""Steps that need activation statistics on calibration data."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,11 +374,16 @@ ProgressFactory: TypeAlias = Callable[..., Any]
 
 @dataclasses.dataclass(frozen=True)
 class PassContext:
-    """What passes get besides their step config: a progress bar factory, and the inputs of the
-    model's MatMul/Gemm layers on the verification or calibration samples (when captured)."""
+    """What passes get besides their step config: a progress bar factory, the inputs of the
+    model's MatMul/Gemm layers on the verification or calibration samples (when captured), the
+    activation statistics on the calibration data (for steps in :data:`NEEDS_CALIBRATION`), a few
+    samples to check folds on, and the recipe's quantize step."""
 
     progress: ProgressFactory | None = None
     layer_inputs: LayerInputs | None = None
+    activation_stats: ActivationStats | None = None
+    check_inputs: tuple[Mapping[str, Any], ...] = ()  # a few calibration samples (fold checks)
+    quantize: QuantizeWeights | None = None  # the recipe's quantize step (for steps preparing it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +410,19 @@ class Recipe:
                 raise RecipeError(f"step '{cls.KIND}' must come before {', '.join(repr(k) for k in earlier)}")
             seen.add(cls)
             last_rank = rank
+        if any(isinstance(s, Awq) for s in self.steps) and self.quantize is None:
+            raise RecipeError(
+                "step 'awq' needs a 'quantize' step after it (AWQ prepares weights for quantization; "
+                "alone it would only rescale them)"
+            )
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(isinstance(s, NEEDS_CALIBRATION) for s in self.steps)
+
+    @property
+    def awq(self) -> Awq | None:
+        return next((s for s in self.steps if isinstance(s, Awq)), None)
 
     @property
     def quantize(self) -> QuantizeWeights | None:
@@ -358,10 +436,13 @@ class Recipe:
         # Without a lossy step the output must match up to float reassociation.
         return q.verify_tolerance if q is not None else 1e-4
 
-    def build_passes(self, context: PassContext | None = None) -> list[ir.passes.PassBase]:
-        context = context or PassContext()
+    def build_passes(
+        self, context: PassContext | None = None, steps: Sequence[Step] | None = None
+    ) -> list[ir.passes.PassBase]:
+        """The passes of ``steps`` (default: every step of the recipe)."""
+        context = dataclasses.replace(context or PassContext(), quantize=self.quantize)
         passes: list[ir.passes.PassBase] = []
-        for step in self.steps:
+        for step in self.steps if steps is None else steps:
             passes.extend(step.build(context))
         return passes
 

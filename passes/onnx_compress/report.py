@@ -7,7 +7,16 @@ derives the report from those records and from the models before and after (size
 
 from __future__ import annotations
 
-__all__ = ["LayerRecord", "Report", "add_records", "build_report", "records"]
+__all__ = [
+    "AwqRecord",
+    "LayerRecord",
+    "Report",
+    "add_awq_records",
+    "add_records",
+    "awq_records",
+    "build_report",
+    "records",
+]
 
 import dataclasses
 import json
@@ -18,6 +27,7 @@ from typing import Any
 import onnx_ir as ir
 
 _META_KEY = "onnx_compress.layers"
+_AWQ_KEY = "onnx_compress.awq"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +70,31 @@ class LayerRecord:
         return math.prod(self.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class AwqRecord:
+    """What AWQ did to one group (weights read from one activation)."""
+
+    activation: str
+    layers: tuple[str, ...]
+    fold: str  # FoldKind name
+    fold_node: str | None  # the node whose constants absorbed 1/s (None: a Mul was inserted)
+    ratio: float | None  # the grid ratio chosen; None when plain RTN (s = 1) was best
+    loss_rtn: float  # mean squared output error of RTN on the sampled rows
+    loss: float  # with the chosen scales (<= loss_rtn)
+    scale_min: float
+    scale_max: float
+    clipped: tuple[float, ...]  # per layer: fraction of (block, output channel) bounds below max|w|
+    rows: int  # sampled rows the loss was evaluated on
+
+
+def awq_records(model: ir.Model) -> tuple[AwqRecord, ...]:
+    return tuple(model.meta.get(_AWQ_KEY, ()))
+
+
+def add_awq_records(model: ir.Model, new: Iterable[AwqRecord]) -> None:
+    model.meta[_AWQ_KEY] = awq_records(model) + tuple(new)
+
+
 def records(model: ir.Model) -> tuple[LayerRecord, ...]:
     return tuple(model.meta.get(_META_KEY, ()))
 
@@ -80,6 +115,7 @@ class Report:
     verification: dict[str, Any] | None = None
     input_path: str | None = None
     output_path: str | None = None
+    awq: tuple[AwqRecord, ...] = ()
 
     @property
     def quantized(self) -> tuple[LayerRecord, ...]:
@@ -135,6 +171,7 @@ class Report:
                 "mean_layer_rel_error": sum(errors) / len(errors) if errors else None,
                 "seconds": self.seconds,
             },
+            "awq": [dataclasses.asdict(r) for r in self.awq] if self.awq else None,
             "verification": self.verification,
         }
 
@@ -186,9 +223,29 @@ class Report:
             )
         parts.append(f"{self.seconds:.1f} s")
         text = "total: " + "; ".join(parts)
+        if self.awq:
+            text += "\n" + self.format_awq()
         if self.verification is not None:
             text += "\nverification: " + self.verification.get("summary", "")
         return text
+
+    def format_awq(self) -> str:
+        """One line on AWQ: groups scaled, the loss against RTN, where 1/s went, clipping."""
+        scaled = [r for r in self.awq if r.ratio is not None]
+        gains = sorted(r.loss / r.loss_rtn for r in self.awq if r.loss_rtn > 0)
+        folds: dict[str, int] = {}
+        for r in scaled:
+            folds[r.fold] = folds.get(r.fold, 0) + 1
+        clipped = [c for r in self.awq for c in r.clipped]
+        where = ", ".join(f"{n} {k.lower()}" for k, n in sorted(folds.items()))
+        line = f"awq: {len(scaled)} of {len(self.awq)} groups scaled"
+        if where:
+            line += f" (1/s into: {where})"
+        if gains:
+            line += f"; group loss vs RTN median {gains[len(gains) // 2]:.3f}, worst {gains[-1]:.3f}"
+        if clipped:
+            line += f"; clipped {100 * sum(clipped) / len(clipped):.1f}% of block bounds"
+        return line
 
 
 def _bytes(n: int) -> str:
@@ -209,6 +266,7 @@ def build_report(
     output_path: str | None = None,
 ) -> Report:
     return Report(
+        awq=awq_records(after),
         layers=records(after),
         model_bytes_before=before_bytes,
         model_bytes_after=after_bytes,

@@ -26,7 +26,7 @@ Every fold leaves the float model's outputs unchanged (up to float rounding):
 
 from __future__ import annotations
 
-__all__ = ["FoldKind", "Group", "apply_scales", "find_groups"]
+__all__ = ["FoldKind", "Group", "apply_scales", "current_weight", "find_groups", "set_weight"]
 
 import dataclasses
 import enum
@@ -180,16 +180,47 @@ def find_groups(model: ir.Model) -> list[Group]:
     return groups
 
 
-def _replace_const(node: ir.Node, index: int, array: np.ndarray, name: str, dtype: ir.DataType) -> ir.Value:
-    """A new initializer ``name`` holding ``array`` as ``node``'s input ``index`` (the old
-    constant stays for its other readers)."""
+def _replace_const(node: ir.Node, index: int, array: np.ndarray, dtype: ir.DataType) -> None:
+    """Make ``node``'s input ``index`` hold ``array``: in place (same name) when it is an
+    initializer read only there, else a new initializer ``<name>/awq`` (the old constant stays
+    for its other readers)."""
+    value = node.inputs[index]
+    assert value is not None
+    array = np.ascontiguousarray(array)
+    if (
+        value.is_initializer()
+        and len(value.uses()) == 1
+        and not value.is_graph_input()
+        and not value.is_graph_output()
+        and value.shape is not None
+        and tuple(value.shape) == array.shape
+    ):
+        value.const_value = ir.tensor(array, name=value.name)
+        return
+    assert node.graph is not None
+    names = set(node.graph.initializers)
+    name, i = f"{value.name}/awq", 1
+    while name in names:
+        name, i = f"{value.name}/awq{i}", i + 1
     init = ir.Value(
         name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape), type=ir.TensorType(dtype)
     )
-    assert node.graph is not None
     node.graph.register_initializer(init)
     node.replace_input_with(index, init)
-    return init
+
+
+def set_weight(site: Site, w: np.ndarray) -> None:
+    """Replace the weight of ``site`` (a group member: one MatMul reads it) with ``w``."""
+    use = site.uses[0]
+    _replace_const(use.node, use.input_index, w.astype(site.dtype.numpy()), site.dtype)
+
+
+def current_weight(site: Site) -> np.ndarray:
+    """The weight ``site``'s MatMul reads now (after earlier folds)."""
+    use = site.uses[0]
+    w = _const(use.node.inputs[use.input_index])
+    assert w is not None
+    return w
 
 
 def _divide_const(node: ir.Node, index: int, s: np.ndarray) -> None:
@@ -199,7 +230,7 @@ def _divide_const(node: ir.Node, index: int, s: np.ndarray) -> None:
     # a scalar becomes a [K] vector; a [K] / [1, K] constant keeps its shape
     c64 = c.reshape(()).astype(np.float64) if c.size == 1 else c.astype(np.float64)
     new = (c64 / s.reshape((1,) * max(c64.ndim - 1, 0) + (-1,))).astype(c.dtype)
-    _replace_const(node, index, new, f"{value.name}/awq", value.dtype or ir.DataType.FLOAT)
+    _replace_const(node, index, new, value.dtype or ir.DataType.FLOAT)
 
 
 def _divide_columns(matmul: ir.Node, s: np.ndarray) -> None:
@@ -214,10 +245,8 @@ def apply_scales(group: Group, s: np.ndarray) -> None:
     """``W <- diag(s) W`` for the group's weights and 1/s folded (or a Mul inserted)."""
     s = np.asarray(s, np.float64)
     for site in group.sites:
-        node = site.uses[0].node
-        w = site.tensor.numpy()
-        scaled = (w.astype(np.float64) * s[:, None]).astype(w.dtype)
-        _replace_const(node, site.uses[0].input_index, scaled, f"{site.value.name}/awq", site.dtype)
+        w = current_weight(site)  # another group's fold may have divided its columns already
+        set_weight(site, w.astype(np.float64) * s[:, None])
     target = group.target
     if group.fold is FoldKind.NORM:
         assert target is not None
@@ -251,6 +280,14 @@ def apply_scales(group: Group, s: np.ndarray) -> None:
             first.graph.insert_after(producer, mul)
         else:  # a graph input: before every node
             first.graph.insert_before(next(iter(first.graph)), mul)
-        _replace_const(mul, 1, (1.0 / s).astype(dtype.numpy()), f"{group.name}/awq_inv_scale", dtype)
+        inv = (1.0 / s).astype(dtype.numpy())
+        init = ir.Value(
+            name=f"{group.name}/awq_inv_scale",
+            const_value=ir.tensor(inv, name=f"{group.name}/awq_inv_scale"),
+            shape=ir.Shape(inv.shape),
+            type=ir.TensorType(dtype),
+        )
+        first.graph.register_initializer(init)
+        mul.replace_input_with(1, init)
         for site in group.sites:
             site.uses[0].node.replace_input_with(0, mul.outputs[0])

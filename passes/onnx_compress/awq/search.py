@@ -86,22 +86,26 @@ class ScaleResult:
 
 
 def _group_loss(
-    x: np.ndarray, weights: Sequence[np.ndarray], reference: np.ndarray, quant: FakeQuant, s: np.ndarray
+    x: np.ndarray, weights: Sequence[np.ndarray], reference: np.ndarray, quants: Sequence[FakeQuant], s: np.ndarray
 ) -> float:
-    """MSE of ``(x / s) @ Q(diag(s) W_i)`` (all i side by side) against ``reference``."""
+    """MSE of ``(x / s) @ Q_i(diag(s) W_i)`` (all i side by side) against ``reference``."""
     xs = (x / s).astype(np.float32)
-    outs = [xs @ quant(w * s[:, None]) for w in weights]
+    outs = [xs @ q(w * s[:, None]) for w, q in zip(weights, quants, strict=True)]
     diff = np.concatenate(outs, axis=1) - reference
     return float(np.mean(np.square(diff, dtype=np.float64)))
 
 
 def search_scales(
-    x_rows: np.ndarray, x_mean: np.ndarray, weights: Sequence[np.ndarray], quant: FakeQuant
+    x_rows: np.ndarray, x_mean: np.ndarray, weights: Sequence[np.ndarray], quant: FakeQuant | Sequence[FakeQuant]
 ) -> ScaleResult:
     """The AWQ scales for one group (see the module docstring).
 
     ``x_rows`` [T, K]: sampled input rows (the loss is evaluated on them); ``x_mean`` [K]: mean
-    |x| over all calibration rows; ``weights``: the group's [K, N_i] float weights."""
+    |x| over all calibration rows; ``weights``: the group's [K, N_i] float weights; ``quant``:
+    the quantizer of every weight, or one per weight (a group may mix int8 and 4-bit layers)."""
+    quants = [quant] * len(weights) if isinstance(quant, FakeQuant) else list(quant)
+    if len(quants) != len(weights):
+        raise ValueError(f"{len(quants)} quantizers for {len(weights)} weights")
     x = np.asarray(x_rows, np.float32)
     k = x.shape[1]
     if any(w.shape[0] != k for w in weights) or x_mean.shape != (k,):
@@ -110,9 +114,9 @@ def search_scales(
         )
     reference = np.concatenate([x @ np.asarray(w, np.float32) for w in weights], axis=1)
     ones = np.ones(k, np.float32)
-    loss_rtn = _group_loss(x, weights, reference, quant, ones)
+    loss_rtn = _group_loss(x, weights, reference, quants, ones)
     xm = np.asarray(x_mean, np.float64)
-    wm = weight_mean(weights, quant.block_size).astype(np.float64)
+    wm = weight_mean(weights, quants[0].block_size).astype(np.float64)
     best: tuple[float, float | None, np.ndarray] = (loss_rtn, None, ones)
     for i in range(GRID):
         r = i / GRID
@@ -120,7 +124,7 @@ def search_scales(
             s = np.clip(np.power(xm, r) / (np.power(wm, 1 - r) + _EPS), _EPS, None)
             s = s / np.sqrt(s.max() * s.min())
         s = np.where(np.isfinite(s), s, 1.0).astype(np.float32)
-        loss = _group_loss(x, weights, reference, quant, s)
+        loss = _group_loss(x, weights, reference, quants, s)
         if loss < best[0]:
             best = (loss, r, s)
     return ScaleResult(scales=best[2], ratio=best[1], loss_rtn=loss_rtn, loss=best[0])

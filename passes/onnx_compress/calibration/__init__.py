@@ -1,6 +1,13 @@
 """Statistics of a model's activations on sample inputs, computed once and handed to passes."""
 
-from onnx_compress.calibration.data import check_sample, input_specs, load_npz, model_feeds, text_samples
+from onnx_compress.calibration.data import (
+    TextCalibration,
+    check_sample,
+    input_specs,
+    load_npz,
+    model_feeds,
+    text_samples,
+)
 from onnx_compress.calibration.layer_inputs import LayerInputs, capture_layer_inputs
 from onnx_compress.calibration.stats import (
     ActivationStats,
@@ -14,6 +21,7 @@ __all__ = [
     "ActivationStats",
     "ChannelStats",
     "LayerInputs",
+    "TextCalibration",
     "capture_layer_inputs",
     "check_sample",
     "collect_stats",

@@ -18,7 +18,10 @@ takes (names, element types, ranks, static dims), before anything runs.
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_SAMPLES",
+    "DEFAULT_SEQLEN",
     "InputSpec",
+    "TextCalibration",
     "check_sample",
     "input_specs",
     "load_npz",
@@ -186,6 +189,34 @@ def text_samples(
         logger.warning("the text has %d windows of %d tokens; using %d, not %d", available, seqlen, available, samples)
     windows = ids[: min(samples, available) * seqlen].reshape(-1, seqlen)
     return [model_feeds(specs, w[None, :]) for w in windows]
+
+
+@dataclasses.dataclass(frozen=True)
+class TextCalibration:
+    """Calibration samples from text, built against the model's inputs when a run starts.
+
+    ``samples`` windows of ``seqlen`` tokens (defaults 128 x 512 like AutoAWQ; the window is
+    shortened to the model's sequence length when its input_ids declare a fixed one)."""
+
+    text: Path
+    tokenizer: Path
+    samples: int | None = None
+    seqlen: int | None = None
+
+    def for_model(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
+        specs = input_specs(model)
+        seqlen = self.seqlen
+        if seqlen is None:
+            seqlen = DEFAULT_SEQLEN
+            ids = next((s for s in specs if s.name == "input_ids"), None)
+            if ids is not None and ids.dims is not None and len(ids.dims) == 2 and isinstance(ids.dims[1], int):
+                seqlen = min(seqlen, ids.dims[1])
+        samples = self.samples if self.samples is not None else DEFAULT_SAMPLES
+        return text_samples(self.text, self.tokenizer, specs, samples=samples, seqlen=seqlen)
+
+
+DEFAULT_SAMPLES = 128
+DEFAULT_SEQLEN = 512
 
 
 def model_feeds(specs: Sequence[InputSpec], input_ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -157,32 +157,46 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     def _wants_int8(self, site: Site) -> bool:
         return any(p.search(name) for p in self._int8 for name in site.names())
 
+    def _choice(self, site: Site) -> tuple[Target | None, str | None]:
+        """``(target, note)``: the first choice for ``site`` and why it differs from the configured
+        one; ``(None, reason)`` when the layer stays float."""
+        reason = self._skip_reason(site)
+        if reason is not None:
+            return None, reason
+        note = None
+        first = self._primary
+        if first.scheme.four_bit and self._wants_int8(site):
+            first, note = self._int8_target, "matches --int8: int8"
+        if first.scheme.four_bit and site.k < first.block_size and len(site.shape) == 2:
+            raise UnsupportedModelError(
+                f"layer '{site.name}' has K={site.k}, smaller than the {first.scheme.value} block of "
+                f"{first.block_size}; use --block-size {max(32, 1 << (site.k.bit_length() - 1))} or smaller, "
+                f"keep it float with --exclude '{re.escape(site.name)}', "
+                f"or int8 with --int8 '{re.escape(site.name)}'"
+            )
+        first, why = self._feasible(site, first)
+        if why is not None:
+            logger.info("'%s': %s", site.name, why)
+            note = why
+        return first, note
+
+    def target_for(self, site: Site) -> Target | None:
+        """The format ``site`` will be quantized to (before ``max_layer_error`` fallbacks), or
+        None when it stays float: what a pass preparing weights for this one (AWQ) needs."""
+        return self._choice(site)[0]
+
     def _plan(self, graph: ir.Graph) -> tuple[list[_Plan], list[LayerRecord]]:
         """What each weight becomes, and records of the weights that stay float."""
         plans: list[_Plan] = []
         skipped: list[LayerRecord] = []
         int8_target = self._int8_target
         for site in find_sites(graph):
-            reason = self._skip_reason(site)
-            if reason is not None:
+            first, note = self._choice(site)
+            if first is None:
+                reason = note or "kept float"
                 logger.info("keeping '%s' (%s) float: %s", site.name, site.value.name, reason)
                 skipped.append(self._skip_record(site, reason))
                 continue
-            note = None
-            first = self._primary
-            if first.scheme.four_bit and self._wants_int8(site):
-                first, note = int8_target, "matches --int8: int8"
-            if first.scheme.four_bit and site.k < first.block_size and len(site.shape) == 2:
-                raise UnsupportedModelError(
-                    f"layer '{site.name}' has K={site.k}, smaller than the {first.scheme.value} block of "
-                    f"{first.block_size}; use --block-size {max(32, 1 << (site.k.bit_length() - 1))} or smaller, "
-                    f"keep it float with --exclude '{re.escape(site.name)}', "
-                    f"or int8 with --int8 '{re.escape(site.name)}'"
-                )
-            first, why = self._feasible(site, first)
-            if why is not None:
-                logger.info("'%s': %s", site.name, why)
-                note = why
             chain = [first]
             if self.config.max_layer_error is not None and first.scheme.four_bit:
                 chain.append(self._feasible(site, int8_target)[0])

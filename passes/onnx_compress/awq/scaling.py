@@ -1,0 +1,290 @@
+"""The AWQ pass: scales searched per group on calibration statistics, folded, then clipped.
+
+For the quantize step that follows (its scheme, block size and layer selection decide the
+quantizer of every weight, :meth:`QuantizeWeightsPass.target_for`), in AutoAWQ's order:
+
+1. Search the scales of every group (:func:`~onnx_compress.awq.fold.find_groups`) on the
+   original weights and the calibration statistics of its input: ``x_mean`` over every
+   calibration row, the loss on the sampled rows (:func:`~onnx_compress.awq.search.search_scales`).
+   Layers that stay float are scaled with their group but do not count in the loss.
+2. Apply every group's scales (``W <- diag(s) W``, 1/s folded into the producer or a Mul).
+3. Check the fold: the float model after step 2 must match the model before it (relative error
+   below :data:`FOLD_TOLERANCE` on the check inputs, two calibration samples); else the pass
+   raises, since a wrong fold is a bug and must not reach the quantizer.
+4. Clip search per quantized weight on its scaled input rows ``x / s`` and scaled weight, except
+   the weights whose outputs become attention queries or keys (AutoAWQ skips q/k: their errors
+   pass through the softmax, which the per-layer loss does not see). The clip is applied to the
+   float weights; the quantize step then quantizes them exactly as without AWQ.
+
+Per group the pass records the ratio, the loss of RTN and with AWQ on the sampled rows, where
+1/s went and how many blocks were clipped (:class:`AwqRecord`, in the report).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FOLD_TOLERANCE", "AwqPass", "feeds_attention_scores"]
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnx_compress.awq.fold import FoldKind, Group, apply_scales, current_weight, find_groups, set_weight
+from onnx_compress.awq.search import FakeQuant, apply_clip, search_clip, search_scales
+from onnx_compress.calibration.stats import ActivationStats
+from onnx_compress.errors import CalibrationDataError, VerificationError
+from onnx_compress.quantize.sites import Site
+from onnx_compress.recipe import Awq, ProgressFactory, QuantizeWeights
+from onnx_compress.report import AwqRecord, add_awq_records
+
+logger = logging.getLogger(__name__)
+
+FOLD_TOLERANCE = {ir.DataType.FLOAT: 1e-5, ir.DataType.FLOAT16: 5e-3, ir.DataType.BFLOAT16: 3e-2}
+"""Bound on the relative L2 error of each float output after folding alone, by the model's float
+dtype. float32: W*s and gamma/s each round once (6e-8 relative), which compounds to ~1e-6 through
+30 layers (measured on SmolLM2: see docs/accuracy.md); a wrong fold gives errors of order 1.
+fp16 / bf16 round the rescaled weights to 5e-4 / 4e-3 relative."""
+
+# ops that carry an attention input through unchanged or elementwise (the path from a q/k/v
+# projection to the attention core); anything else ends the walk
+_PASS_THROUGH = {
+    "Reshape", "Transpose", "Add", "Sub", "Mul", "Div", "Neg", "Slice", "Concat", "Split", "Cast",
+    "Squeeze", "Unsqueeze", "Identity", "Expand", "Tile", "Gather", "RotaryEmbedding", "Where",
+}  # fmt: skip
+_ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedMultiHeadAttention"}
+_WALK_LIMIT = 40
+
+
+def _const_input(node: ir.Node, index: int) -> bool:
+    v = node.inputs[index] if index < len(node.inputs) else None
+    return v is not None and ir.convenience.get_const_tensor(v) is not None
+
+
+def _reaches_softmax(value: ir.Value) -> bool:
+    """``value`` (a MatMul output) flows into a Softmax through elementwise ops: attention scores."""
+    todo: list[ir.Value] = [value]
+    seen: set[int] = set()
+    while todo and len(seen) < _WALK_LIMIT:
+        v = todo.pop()
+        for use in v.uses():
+            node = use.node
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type == "Softmax":
+                return True
+            if node.op_type in {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Slice", "Reshape", "Transpose"}:
+                todo.extend(node.outputs)
+    return False
+
+
+def feeds_attention_scores(node: ir.Node) -> bool:
+    """Whether the output of ``node`` (a weight's MatMul) becomes attention queries or keys.
+
+    Walks forward through reshapes, transposes, rotary and elementwise ops until an attention
+    op (inputs 0 and 1 are q and k; with packed QKV input 0 carries all three) or a MatMul of two
+    activations; that MatMul is the score product when its output reaches a Softmax. Found from
+    the graph, never from names."""
+    todo: list[ir.Value] = list(node.outputs)
+    seen: set[int] = set()
+    while todo and len(seen) < _WALK_LIMIT:
+        v = todo.pop()
+        for use in v.uses():
+            n = use.node
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if n.op_type in _ATTENTION_OPS and use.idx in (0, 1):
+                return True
+            if n.op_type == "MatMul" and not _const_input(n, 0) and not _const_input(n, 1):
+                if _reaches_softmax(n.outputs[0]):
+                    return True
+                continue  # the probabilities @ V product: this path is v
+            if n.op_type in _PASS_THROUGH and n.domain in ("", "com.microsoft"):
+                todo.extend(n.outputs)
+    return False
+
+
+def _fake_quant(site_target: Any) -> FakeQuant:
+    return FakeQuant(site_target.scheme, site_target.block_size, site_target.symmetric)
+
+
+def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    denom = float(np.linalg.norm(b64))
+    return float(np.linalg.norm(a64 - b64)) / denom if denom > 0 else float(np.linalg.norm(a64))
+
+
+def _run_outputs(model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The model's outputs on ``feeds`` in ORT CPU. The model is staged as a file with external
+    data (tensors written one at a time), not serialized in memory: peak memory stays at one
+    copy of the weights in ORT besides the model itself."""
+    import onnxruntime as ort
+
+    from onnx_compress.verify import run_session
+
+    with tempfile.TemporaryDirectory(prefix="onnx-compress-awq-") as tmp:
+        path = Path(tmp, "model.onnx")
+        ir.save(model, path, external_data="model.onnx.data")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        results = [run_session(session, f, names) for f in feeds]
+        del session
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    site: Site
+    quant: FakeQuant | None  # None: the layer stays float (scaled with its group, no loss)
+    clip: bool
+
+
+class AwqPass(ir.passes.InPlacePass):
+    """Scale, fold and clip the weights of every AWQ group for the quantize step ``quantize``."""
+
+    def __init__(
+        self,
+        config: Awq,
+        quantize: QuantizeWeights,
+        stats: ActivationStats,
+        check_inputs: Sequence[Mapping[str, np.ndarray]] = (),
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.quantize = quantize
+        self.stats = stats
+        self.check_inputs = tuple(check_inputs)
+        self.progress = progress
+
+    def _members(self, group: Group, chooser: Any) -> list[_Member]:
+        members = []
+        for site in group.sites:
+            target = chooser.target_for(site)
+            quant = None if target is None else _fake_quant(target)
+            clip = quant is not None and self.config.clip and not feeds_attention_scores(site.uses[0].node)
+            members.append(_Member(site, quant, clip))
+        return members
+
+    def _rows(self, group: Group) -> tuple[np.ndarray, np.ndarray]:
+        key = group.name
+        if key not in self.stats:
+            raise CalibrationDataError(
+                f"the calibration statistics have no entry for '{key}' (the input of "
+                f"'{group.sites[0].name}'): they were collected on another model or for other values"
+            )
+        st = self.stats[key]
+        if st.rows is None or not len(st.rows):
+            raise CalibrationDataError(
+                f"the calibration statistics of '{key}' hold no sampled rows; AWQ evaluates its loss "
+                "on them (collect the statistics with rows > 0)"
+            )
+        return np.asarray(st.rows, np.float32), np.asarray(st.mean_abs, np.float64)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnx_compress.quantize.weights import QuantizeWeightsPass
+
+        chooser = QuantizeWeightsPass(self.quantize)
+        plans = [(g, self._members(g, chooser)) for g in find_groups(model)]
+        plans = [(g, m) for g, m in plans if any(x.quant is not None for x in m)]
+        if not plans:
+            logger.warning("awq: no group of quantized weights sharing an input; nothing to scale")
+            return ir.passes.PassResult(model, modified=False)
+        reference = model.clone() if self.check_inputs else None
+
+        # 1. search on the original weights
+        searched: list[tuple[Group, list[_Member], Any, int]] = []
+        iterator: Iterable[tuple[Group, list[_Member]]] = plans
+        if self.progress is not None:
+            iterator = self.progress(plans, total=len(plans), desc="awq search", unit="group")
+        for group, members in iterator:
+            x_rows, x_mean = self._rows(group)
+            quantized = [m for m in members if m.quant is not None]
+            weights = [current_weight(m.site).astype(np.float32) for m in quantized]
+            result = search_scales(x_rows, x_mean, weights, [m.quant for m in quantized if m.quant is not None])
+            searched.append((group, members, result, len(x_rows)))
+
+        # 2. fold
+        for group, _, result, _ in searched:
+            if result.ratio is not None:
+                apply_scales(group, result.scales)
+
+        # 3. check the fold on the float model
+        if reference is not None:
+            self._check_fold(reference, model)
+            del reference
+
+        # 4. clip
+        out: list[AwqRecord] = []
+        for group, members, result, rows in searched:
+            clipped: list[float] = []
+            x_scaled = self._rows(group)[0] / result.scales
+            for m in members:
+                if not m.clip or m.quant is None:
+                    clipped.append(0.0)
+                    continue
+                w = current_weight(m.site).astype(np.float32)
+                bound = search_clip(x_scaled, w, m.quant, max_rows=self.config.clip_rows)
+                peak = _block_peak(w, m.quant.block_size)
+                clipped.append(float(np.mean(bound < peak)))
+                if np.any(bound < peak):
+                    set_weight(m.site, apply_clip(w, bound, m.quant.block_size))
+            s = result.scales
+            out.append(
+                AwqRecord(
+                    activation=group.name,
+                    layers=tuple(m.site.name for m in members),
+                    fold=group.fold.name if result.ratio is not None else "NONE",
+                    fold_node=(group.target.name if group.target is not None else None)
+                    if result.ratio is not None and group.fold is not FoldKind.INSERT_MUL
+                    else None,
+                    ratio=result.ratio,
+                    loss_rtn=result.loss_rtn,
+                    loss=result.loss,
+                    scale_min=float(s.min()),
+                    scale_max=float(s.max()),
+                    clipped=tuple(clipped),
+                    rows=rows,
+                )
+            )
+        add_awq_records(model, out)
+        scaled = sum(1 for r in out if r.ratio is not None)
+        logger.info("awq: %d groups, %d scaled, %d kept RTN scales", len(out), scaled, len(out) - scaled)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _check_fold(self, reference: ir.Model, model: ir.Model) -> None:
+        feeds = self.check_inputs
+        expected = _run_outputs(reference, feeds)
+        got = _run_outputs(model, feeds)
+        worst, where = 0.0, ""
+        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+            for name, ref in e.items():
+                if not np.issubdtype(ref.dtype, np.floating):
+                    continue
+                err = _rel_error(g[name], ref)
+                if not np.isfinite(err) or err > worst:
+                    worst, where = err, f"output '{name}' on check input {i}"
+        dtypes = {v.dtype for v in model.graph.outputs if v.dtype in FOLD_TOLERANCE}
+        tol = max((FOLD_TOLERANCE[d] for d in dtypes), default=FOLD_TOLERANCE[ir.DataType.FLOAT])
+        logger.info("awq fold check: float model after folding vs before, max relative error %.3g", worst)
+        if not worst <= tol:
+            raise VerificationError(
+                f"AWQ fold check failed: the float model after folding the scales differs from the input by "
+                f"{worst:.3g} (relative, {where}); the bound is {tol:g}. This is a bug in onnx-compress, "
+                "please report it; without --awq the model quantizes as usual"
+            )
+
+
+def _block_peak(w: np.ndarray, block_size: int) -> np.ndarray:
+    k = w.shape[0]
+    b = block_size or k
+    kb = -(-k // b)
+    return np.stack([np.abs(w[i * b : (i + 1) * b]).max(axis=0) for i in range(kb)])

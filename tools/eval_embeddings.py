@@ -1,0 +1,121 @@
+"""Sentence-embedding fidelity of quantized MiniLM (all-MiniLM-L6-v2), RTN against AWQ.
+
+Calibrates on Debian's python3.11-doc ``library/`` sources (windows of tokens, as
+``--calib-text``) and evaluates on sentences of ``tutorial/`` (never seen in calibration): each
+sentence is embedded as sentence-transformers does (mean pooling over the attention mask, L2
+normalized) by the float model and by each quantized model; printed per configuration: the
+cosine similarity to the float embedding (mean / min) and how often a sentence's nearest
+neighbour among the others stays the same. The text hashes are printed with the table.
+
+    python -m tools.eval_embeddings                    # 256 sentences, nf4 b64 and int8 channel
+    python -m tools.eval_embeddings --sentences 256 --calib-samples 128 --calib-seqlen 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from models import export, text
+from tokenizers import Tokenizer
+
+from onnx_compress import Awq, QuantizeWeights, Recipe, Verify, WeightFormat, WeightScheme, compress_file
+from onnx_compress.calibration.data import TextCalibration, read_text, text_hash
+
+CONFIGS = {
+    "nf4/block64": QuantizeWeights(scheme=WeightScheme.NF4, format=WeightFormat.BNB4, int8=()),
+    "int4/block128": QuantizeWeights(scheme=WeightScheme.INT4, int8=()),
+    "int8/channel": QuantizeWeights(exclude=()),
+}
+
+
+def sentences(source: str, n: int) -> list[str]:
+    """Prose sentences of reStructuredText sources: directive, code and table lines dropped."""
+    prose = []
+    for line in source.splitlines():
+        s = line.strip()
+        if not s or s.startswith(("..", ">>>", "...", ":", "|", "+-", "=", "-", "*")) or line.startswith("   "):
+            continue
+        prose.append(s)
+    joined = re.sub(r"\s+", " ", " ".join(prose))
+    found = [s.strip() for s in re.split(r"(?<=[.!?])\s+", joined) if 40 < len(s.strip()) < 300]
+    unique = list(dict.fromkeys(found))
+    if len(unique) < n:
+        raise SystemExit(f"only {len(unique)} sentences in the evaluation text, asked for {n}")
+    return unique[:n]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--sentences", type=int, default=256)
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--calib-seqlen", type=int, default=128, help="MiniLM was trained on 128-token inputs")
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    args = p.parse_args(argv)
+
+    src = export.export("minilm", "dynamo")
+    tokenizer_path = export.minilm_dir() / "tokenizer.json"
+    eval_text = read_text(text.evaluation_dir())
+    calib_dir = text.calibration_dir()
+    batch = sentences(eval_text, args.sentences)
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    enc = tok.encode_batch(batch)
+    length = max(len(e.ids) for e in enc)
+    ids = np.zeros((len(enc), length), np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+
+    def embed(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+    ref = embed(src)
+    sim_ref = ref @ ref.T
+    np.fill_diagonal(sim_ref, -2)
+    print(
+        f"all-MiniLM-L6-v2: {len(batch)} sentences of tutorial/ (text hash {text_hash(eval_text)}, {length} tokens "
+        f"max); calibration {args.calib_samples} x {args.calib_seqlen} tokens of library/ "
+        f"(text hash {text_hash(read_text(calib_dir))})\n"
+    )
+    print("| weights | method | cosine to float mean / min | same nearest neighbour | seconds |")
+    print("|---|---|---|---|---|")
+    calibration = TextCalibration(calib_dir, tokenizer_path, args.calib_samples, args.calib_seqlen)
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "stats.npz"  # collected by the first AWQ run, reused by the others
+        for label in args.configs:
+            step = CONFIGS[label]
+            for method, steps in (("RTN", (step,)), ("AWQ", (Awq(), step))):
+                out = Path(tmp) / "q.onnx"
+                start = time.perf_counter()
+                compress_file(
+                    src,
+                    out,
+                    Recipe(steps=steps, verify=Verify(enabled=False)),
+                    calibration if method == "AWQ" else None,
+                    calibration_stats=stats if method == "AWQ" else None,
+                )
+                seconds = time.perf_counter() - start
+                e = embed(out)
+                cos = (e * ref).sum(1)
+                sim = e @ e.T
+                np.fill_diagonal(sim, -2)
+                agree = float((sim.argmax(1) == sim_ref.argmax(1)).mean())
+                print(
+                    f"| {label} | {method} | {cos.mean():.5f} / {cos.min():.5f} | {100 * agree:.1f}% | {seconds:.0f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
