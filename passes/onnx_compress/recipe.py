@@ -259,6 +259,9 @@ class Awq:
         rows: calibration rows per activation kept as a uniform sample to evaluate the scale
             loss on (AutoAWQ evaluates all tokens; 2048 rows of 128 x 512 bound time and memory).
         clip_rows: rows the clip search evaluates (AutoAWQ: 512).
+        block_loss: measure a group's loss on the output of the row-wise block it feeds where
+            the graph has one (gate/up through act * up and down_proj, AutoAWQ's MLP output),
+            else on the group's own outputs.
         seed: seed of the row sampling.
     """
 
@@ -267,6 +270,7 @@ class Awq:
     clip: bool = True
     rows: int = 2048
     clip_rows: int = 512
+    block_loss: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

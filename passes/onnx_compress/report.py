@@ -85,6 +85,7 @@ class AwqRecord:
     scale_max: float
     clipped: tuple[float, ...]  # per layer: fraction of (block, output channel) bounds below max|w|
     rows: int  # sampled rows the loss was evaluated on
+    loss_on: str = "outputs"  # the group's outputs, or the block output (through which linear)
 
 
 def awq_records(model: ir.Model) -> tuple[AwqRecord, ...]:

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.awq.block import evaluate, row_block
 from onnx_compress.awq.fold import FoldKind, Group, apply_scales, current_weight, find_groups, set_weight
-from onnx_compress.awq.search import FakeQuant, apply_clip, search_clip, search_scales
+from onnx_compress.awq.search import Block, FakeQuant, apply_clip, search_clip, search_scales
 from onnx_compress.calibration.stats import ActivationStats
 from onnx_compress.errors import CalibrationDataError, VerificationError
 from onnx_compress.quantize.sites import Site
@@ -174,6 +175,21 @@ class AwqPass(ir.passes.InPlacePass):
             members.append(_Member(site, quant, clip))
         return members
 
+    def _block(self, group: Group, members: Sequence[_Member]) -> tuple[str, Block | None]:
+        """Where the loss is measured: the row-wise block after the group (AutoAWQ's module
+        output, e.g. gate/up through down_proj) when there is one, else the group's outputs."""
+        if not self.config.block_loss or any(m.quant is None for m in members):
+            return "outputs", None
+        found = row_block(group)
+        if found is None:
+            return "outputs", None
+        session = found.session()
+
+        def through_block(outs: list[np.ndarray]) -> np.ndarray:
+            return evaluate(session, found.input_names, outs)
+
+        return f"block output ({found.exit_name})", through_block
+
     def _rows(self, group: Group) -> tuple[np.ndarray, np.ndarray]:
         key = group.name
         if key not in self.stats:
@@ -201,7 +217,7 @@ class AwqPass(ir.passes.InPlacePass):
         reference = model.clone() if self.check_inputs else None
 
         # 1. search on the original weights
-        searched: list[tuple[Group, list[_Member], Any, int]] = []
+        searched: list[tuple[Group, list[_Member], Any, int, str]] = []
         iterator: Iterable[tuple[Group, list[_Member]]] = plans
         if self.progress is not None:
             iterator = self.progress(plans, total=len(plans), desc="awq search", unit="group")
@@ -209,11 +225,12 @@ class AwqPass(ir.passes.InPlacePass):
             x_rows, x_mean = self._rows(group)
             quantized = [m for m in members if m.quant is not None]
             weights = [current_weight(m.site).astype(np.float32) for m in quantized]
-            result = search_scales(x_rows, x_mean, weights, [m.quant for m in quantized if m.quant is not None])
-            searched.append((group, members, result, len(x_rows)))
+            loss_on, fn = self._block(group, members)
+            result = search_scales(x_rows, x_mean, weights, [m.quant for m in quantized if m.quant is not None], fn)
+            searched.append((group, members, result, len(x_rows), loss_on))
 
         # 2. fold
-        for group, _, result, _ in searched:
+        for group, _, result, _, _ in searched:
             if result.ratio is not None:
                 apply_scales(group, result.scales)
 
@@ -224,7 +241,7 @@ class AwqPass(ir.passes.InPlacePass):
 
         # 4. clip
         out: list[AwqRecord] = []
-        for group, members, result, rows in searched:
+        for group, members, result, rows, loss_on in searched:
             clipped: list[float] = []
             x_scaled = self._rows(group)[0] / result.scales
             for m in members:
@@ -253,6 +270,7 @@ class AwqPass(ir.passes.InPlacePass):
                     scale_max=float(s.max()),
                     clipped=tuple(clipped),
                     rows=rows,
+                    loss_on=loss_on,
                 )
             )
         add_awq_records(model, out)

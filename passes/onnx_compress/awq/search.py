@@ -32,7 +32,7 @@ from __future__ import annotations
 __all__ = ["FakeQuant", "ScaleResult", "apply_clip", "search_clip", "search_scales", "weight_mean"]
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -85,24 +85,44 @@ class ScaleResult:
     loss: float  # output MSE with the chosen scales (<= loss_rtn)
 
 
+Block = Callable[[list[np.ndarray]], np.ndarray]
+"""Maps the group's per-weight outputs [T, N_i] to the output the loss is measured on."""
+
+
+def _concat(outs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(outs, axis=1)
+
+
 def _group_loss(
-    x: np.ndarray, weights: Sequence[np.ndarray], reference: np.ndarray, quants: Sequence[FakeQuant], s: np.ndarray
+    x: np.ndarray,
+    weights: Sequence[np.ndarray],
+    reference: np.ndarray,
+    quants: Sequence[FakeQuant],
+    s: np.ndarray,
+    block: Block,
 ) -> float:
-    """MSE of ``(x / s) @ Q_i(diag(s) W_i)`` (all i side by side) against ``reference``."""
+    """MSE of ``block((x / s) @ Q_i(diag(s) W_i) for each i)`` against ``reference``."""
     xs = (x / s).astype(np.float32)
     outs = [xs @ q(w * s[:, None]) for w, q in zip(weights, quants, strict=True)]
-    diff = np.concatenate(outs, axis=1) - reference
+    diff = block(outs) - reference
     return float(np.mean(np.square(diff, dtype=np.float64)))
 
 
 def search_scales(
-    x_rows: np.ndarray, x_mean: np.ndarray, weights: Sequence[np.ndarray], quant: FakeQuant | Sequence[FakeQuant]
+    x_rows: np.ndarray,
+    x_mean: np.ndarray,
+    weights: Sequence[np.ndarray],
+    quant: FakeQuant | Sequence[FakeQuant],
+    block: Block | None = None,
 ) -> ScaleResult:
     """The AWQ scales for one group (see the module docstring).
 
     ``x_rows`` [T, K]: sampled input rows (the loss is evaluated on them); ``x_mean`` [K]: mean
     |x| over all calibration rows; ``weights``: the group's [K, N_i] float weights; ``quant``:
-    the quantizer of every weight, or one per weight (a group may mix int8 and 4-bit layers)."""
+    the quantizer of every weight, or one per weight (a group may mix int8 and 4-bit layers);
+    ``block``: the output the loss is measured on, from the per-weight outputs (default: the
+    outputs side by side; AutoAWQ's module output where the pass can evaluate it)."""
+    block = block or _concat
     quants = [quant] * len(weights) if isinstance(quant, FakeQuant) else list(quant)
     if len(quants) != len(weights):
         raise ValueError(f"{len(quants)} quantizers for {len(weights)} weights")
@@ -112,9 +132,9 @@ def search_scales(
         raise ValueError(
             f"group shapes disagree: rows {x.shape}, x_mean {x_mean.shape}, weights {[w.shape for w in weights]}"
         )
-    reference = np.concatenate([x @ np.asarray(w, np.float32) for w in weights], axis=1)
+    reference = block([x @ np.asarray(w, np.float32) for w in weights])
     ones = np.ones(k, np.float32)
-    loss_rtn = _group_loss(x, weights, reference, quants, ones)
+    loss_rtn = _group_loss(x, weights, reference, quants, ones, block)
     xm = np.asarray(x_mean, np.float64)
     wm = weight_mean(weights, quants[0].block_size).astype(np.float64)
     best: tuple[float, float | None, np.ndarray] = (loss_rtn, None, ones)
@@ -124,7 +144,7 @@ def search_scales(
             s = np.clip(np.power(xm, r) / (np.power(wm, 1 - r) + _EPS), _EPS, None)
             s = s / np.sqrt(s.max() * s.min())
         s = np.where(np.isfinite(s), s, 1.0).astype(np.float32)
-        loss = _group_loss(x, weights, reference, quants, s)
+        loss = _group_loss(x, weights, reference, quants, s, block)
         if loss < best[0]:
             best = (loss, r, s)
     return ScaleResult(scales=best[2], ratio=best[1], loss_rtn=loss_rtn, loss=best[0])

@@ -1,0 +1,135 @@
+"""The output of the block a group feeds, for AWQ's loss (AutoAWQ's ``module2inspect``).
+
+AutoAWQ measures a group's loss on the output of the module around it, not on the group's own
+outputs: gate/up are judged by the MLP's output ``down(act(gate(x)) * up(x))`` (down kept
+float), so an error in a channel that the activation or down_proj amplifies costs more.
+
+:func:`row_block` finds such a block from the graph: starting at the outputs of the group's
+MatMuls, the nodes reached through row-wise ops (elementwise activations, products and sums
+with constants or with each other) must all end in one constant-weight MatMul. The block is
+row-wise, so it can be evaluated on the sampled calibration rows: a small ONNX model (the
+block's nodes and the final MatMul, the group's outputs as inputs) run in ORT CPU.
+
+Groups whose outputs do not close into one linear (q/k/v feed attention, which needs whole
+sequences; o and down feed the residual stream) keep the loss on their own outputs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RowBlock", "row_block"]
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnx_compress.awq.fold import Group
+
+_ROW_WISE = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Sigmoid", "Tanh", "Relu", "Erf", "Gelu", "FastGelu",
+    "QuickGelu", "BiasGelu", "Softplus", "Exp", "Neg", "Cast", "Identity", "HardSigmoid", "LeakyRelu",
+}  # fmt: skip
+_LIMIT = 24
+
+
+@dataclasses.dataclass(frozen=True)
+class RowBlock:
+    """A row-wise block from the group's MatMul outputs to one float linear's output."""
+
+    model: bytes  # serialized ONNX model: inputs = the group's outputs [T, N_i], output [T, N]
+    input_names: tuple[str, ...]
+    exit_name: str  # the final MatMul's name (for logging)
+
+    def session(self):  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 0
+        return ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
+
+
+def _const(v: ir.Value | None) -> bool:
+    return v is None or ir.convenience.get_const_tensor(v) is not None
+
+
+def row_block(group: Group) -> RowBlock | None:
+    """The row-wise block after ``group``, or None (see the module docstring)."""
+    starts = [s.uses[0].node.outputs[0] for s in group.sites]
+    cone: list[ir.Node] = []
+    inside: set[int] = {id(v) for v in starts}
+    exit_node: ir.Node | None = None
+    todo = list(starts)
+    while todo:
+        v = todo.pop()
+        if v.is_graph_output():
+            return None
+        for use in v.uses():
+            n = use.node
+            if n in cone or n is exit_node:
+                continue
+            if n.op_type == "MatMul" and n.domain == "" and use.idx == 0 and _const(n.inputs[1]):
+                if exit_node is not None:
+                    return None  # two linears: not one block
+                exit_node = n
+                continue
+            if n.op_type not in _ROW_WISE or n.domain not in ("", "com.microsoft") or len(cone) >= _LIMIT:
+                return None
+            cone.append(n)
+            for out in n.outputs:
+                inside.add(id(out))
+                todo.append(out)
+    if exit_node is None or (not cone and len(starts) != 1):
+        return None
+    # every input of the block is a group output, a block value or a constant
+    for n in [*cone, exit_node]:
+        for i, operand in enumerate(n.inputs):
+            if operand is not None and id(operand) not in inside and not _const(operand):
+                return None
+            if n is exit_node and i == 0 and (operand is None or id(operand) not in inside):
+                return None
+    if len(exit_node.inputs[1].shape or ()) != 2:  # type: ignore[union-attr]
+        return None
+    return _build(group, starts, cone, exit_node)
+
+
+def _build(group: Group, starts: Sequence[ir.Value], cone: Sequence[ir.Node], exit_node: ir.Node) -> RowBlock:
+    graph = exit_node.graph
+    assert graph is not None
+    order = {id(n): i for i, n in enumerate(graph)}
+    nodes = sorted([*cone, exit_node], key=lambda n: order[id(n)])
+    protos, inits, seen_consts = [], [], set()
+    dtype = (starts[0].dtype or ir.DataType.FLOAT).value
+    for n in nodes:
+        protos.append(ir.serde.serialize_node(n))
+        for v in n.inputs:
+            if v is None or v.name in seen_consts:
+                continue
+            tensor = ir.convenience.get_const_tensor(v)
+            if tensor is not None:
+                seen_consts.add(v.name)
+                inits.append(onnx.numpy_helper.from_array(tensor.numpy(), v.name))
+    inputs = [onnx.helper.make_tensor_value_info(v.name or "", dtype, None) for v in starts]
+    out = exit_node.outputs[0]
+    graph_proto = onnx.helper.make_graph(
+        protos, "awq_block", inputs, [onnx.helper.make_tensor_value_info(out.name or "", dtype, None)], inits
+    )
+    model = graph_proto_model(graph_proto, group)
+    return RowBlock(model.SerializeToString(), tuple(v.name or "" for v in starts), exit_node.name or "")
+
+
+def graph_proto_model(graph: onnx.GraphProto, group: Group) -> onnx.ModelProto:
+    model_ir = group.activation.graph
+    opsets = []
+    if model_ir is not None:
+        opsets = [onnx.helper.make_opsetid(d, v) for d, v in model_ir.opset_imports.items()]
+    model = onnx.helper.make_model(graph, opset_imports=opsets or [onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 10  # what every ORT this project supports reads
+    return model
+
+
+def evaluate(session, names: Sequence[str], outputs: Sequence[np.ndarray]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The block's output for the group's per-weight outputs [T, N_i]."""
+    return session.run(None, dict(zip(names, outputs, strict=True)))[0]  # type: ignore[no-any-return]
