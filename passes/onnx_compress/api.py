@@ -143,9 +143,11 @@ def _statistics(
     rows = awq.rows if awq is not None else 0
     keep = _Keep(calibration, _VERIFY_SAMPLES)
     total = len(calibration) if isinstance(calibration, Sized) else None
+    start = time.perf_counter()
     collected = collect_stats(
         model, keep, rows=rows, seed=awq.seed if awq is not None else 0, progress=progress, total=total
     )
+    logger.info("calibration statistics collected in %.1f s", time.perf_counter() - start)
     if path is not None:
         collected.save(path)
         logger.info("calibration statistics saved to %s", path)
@@ -176,8 +178,9 @@ def _inputs(
         if not feeds:
             feeds = [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)]
     check: tuple[Mapping[str, np.ndarray], ...] = ()
-    if recipe.needs_calibration:
-        check = tuple((feeds or seen or [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)])[:2])
+    if recipe.needs_calibration:  # calibration samples to check folds and evaluate attention blocks on
+        first = seen or (list(itertools.islice(iter(calibration), _VERIFY_SAMPLES)) if calibration is not None else [])
+        check = tuple((first or feeds or [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)])[:4])
     return _Inputs(feeds, activation_stats, check)
 
 

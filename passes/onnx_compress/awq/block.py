@@ -16,7 +16,7 @@ sequences; o and down feed the residual stream) keep the loss on their own outpu
 
 from __future__ import annotations
 
-__all__ = ["RowBlock", "row_block"]
+__all__ = ["RowBlock", "SeqBlock", "row_block", "seq_block"]
 
 import dataclasses
 from collections.abc import Sequence
@@ -118,6 +118,99 @@ def _build(group: Group, starts: Sequence[ir.Value], cone: Sequence[ir.Node], ex
     )
     model = graph_proto_model(graph_proto, group)
     return RowBlock(model.SerializeToString(), tuple(v.name or "" for v in starts), exit_node.name or "")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqBlock:
+    """A block that needs whole sequences (attention): from the group's MatMul outputs and other
+    values of the model (``aux_names``: rotary tables, masks, past keys, shapes; captured per
+    sample from the float model) to one float linear's output."""
+
+    model: bytes
+    input_names: tuple[str, ...]
+    aux_names: tuple[str, ...]
+    exit_name: str
+
+    def session(self):  # type: ignore[no-untyped-def]
+        return RowBlock.session(self)  # type: ignore[arg-type]
+
+
+_SEQ_LIMIT = 80
+
+
+def seq_block(group: Group) -> SeqBlock | None:
+    """The block after ``group`` up to the one constant-weight MatMul all its paths reach
+    (q/k/v -> attention -> o_proj), with the other values it reads; None when the paths reach
+    no linear or several (the residual stream), or pass through control flow."""
+    starts = [s.uses[0].node.outputs[0] for s in group.sites]
+    cone: list[ir.Node] = []
+    in_cone: set[int] = set()
+    inside: set[int] = {id(v) for v in starts}
+    exit_node: ir.Node | None = None
+    todo = list(starts)
+    while todo:
+        v = todo.pop()
+        for use in v.uses():
+            n = use.node
+            if id(n) in in_cone or n is exit_node:
+                continue
+            if n.op_type == "MatMul" and n.domain == "" and use.idx == 0 and _const(n.inputs[1]):
+                if exit_node is not None:
+                    return None
+                exit_node = n
+                continue
+            if len(cone) >= _SEQ_LIMIT or n.domain not in ("", "com.microsoft") or n.graph is not v.graph:
+                return None
+            if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in n.attributes.values()):
+                return None
+            cone.append(n)
+            in_cone.add(id(n))
+            for out in n.outputs:
+                inside.add(id(out))
+                todo.append(out)
+    if exit_node is None or not cone:
+        return None
+    w = exit_node.inputs[1]
+    if w is None or len(w.shape or ()) != 2 or exit_node.inputs[0] is None or id(exit_node.inputs[0]) not in inside:
+        return None
+    aux: list[ir.Value] = []
+    for n in [*cone, exit_node]:
+        for operand in n.inputs:
+            if operand is None or id(operand) in inside or _const(operand) or operand in aux:
+                continue
+            aux.append(operand)
+    if any(not a.name for a in aux):
+        return None
+    graph = exit_node.graph
+    assert graph is not None
+    order = {id(n): i for i, n in enumerate(graph)}
+    nodes = sorted([*cone, exit_node], key=lambda n: order[id(n)])
+    protos, inits, seen_consts = [], [], set()
+    for n in nodes:
+        protos.append(ir.serde.serialize_node(n))
+        for operand in n.inputs:
+            if operand is None or operand.name in seen_consts or id(operand) in inside or operand in aux:
+                continue
+            tensor = ir.convenience.get_const_tensor(operand)
+            if tensor is not None:
+                seen_consts.add(operand.name)
+                inits.append(onnx.numpy_helper.from_array(tensor.numpy(), operand.name))
+    inputs = [
+        onnx.helper.make_tensor_value_info(v.name or "", (v.dtype or ir.DataType.FLOAT).value, None)
+        for v in [*starts, *aux]
+    ]
+    out = exit_node.outputs[0]
+    dtype = (out.dtype or ir.DataType.FLOAT).value
+    graph_proto = onnx.helper.make_graph(
+        protos, "awq_seq_block", inputs, [onnx.helper.make_tensor_value_info(out.name or "", dtype, None)], inits
+    )
+    model = graph_proto_model(graph_proto, group)
+    return SeqBlock(
+        model.SerializeToString(),
+        tuple(v.name or "" for v in starts),
+        tuple(a.name or "" for a in aux),
+        exit_node.name or "",
+    )
 
 
 def graph_proto_model(graph: onnx.GraphProto, group: Group) -> onnx.ModelProto:

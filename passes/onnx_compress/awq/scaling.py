@@ -5,8 +5,13 @@ quantizer of every weight, :meth:`QuantizeWeightsPass.target_for`), in AutoAWQ's
 
 1. Search the scales of every group (:func:`~onnx_compress.awq.fold.find_groups`) on the
    original weights and the calibration statistics of its input: ``x_mean`` over every
-   calibration row, the loss on the sampled rows (:func:`~onnx_compress.awq.search.search_scales`).
-   Layers that stay float are scaled with their group but do not count in the loss.
+   calibration row (:func:`~onnx_compress.awq.search.search_scales`). The loss is measured
+   where AutoAWQ measures it, on the output of the module the group feeds, when the graph has
+   one (:mod:`onnx_compress.awq.block`): gate/up through ``act(gate) * up`` and down_proj on
+   the sampled rows; q/k/v through rotary, attention and o_proj on the first calibration
+   sequences (captured from the float model with the rotary tables and masks they need); else
+   on the group's own outputs on the sampled rows. Layers that stay float are scaled with their
+   group but do not count in the loss.
 2. Apply every group's scales (``W <- diag(s) W``, 1/s folded into the producer or a Mul).
 3. Check the fold: the float model after step 2 must match the model before it (relative error
    below :data:`FOLD_TOLERANCE` on the check inputs, two calibration samples); else the pass
@@ -27,6 +32,7 @@ __all__ = ["FOLD_TOLERANCE", "AwqPass", "feeds_attention_scores"]
 import dataclasses
 import logging
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.awq.block import evaluate, row_block
+from onnx_compress.awq.block import SeqBlock, evaluate, row_block, seq_block
 from onnx_compress.awq.fold import FoldKind, Group, apply_scales, current_weight, find_groups, set_weight
 from onnx_compress.awq.search import Block, FakeQuant, apply_clip, search_clip, search_scales
 from onnx_compress.calibration.stats import ActivationStats
@@ -121,24 +127,64 @@ def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a64 - b64)) / denom if denom > 0 else float(np.linalg.norm(a64))
 
 
-def _run_outputs(model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """The model's outputs on ``feeds`` in ORT CPU. The model is staged as a file with external
-    data (tensors written one at a time), not serialized in memory: peak memory stays at one
-    copy of the weights in ORT besides the model itself."""
+def _run_outputs(
+    model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]], extra: Sequence[str] = ()
+) -> list[dict[str, np.ndarray]]:
+    """The model's outputs (and the values ``extra``) on ``feeds`` in ORT CPU. The model is
+    staged as a file with external data (tensors written one at a time), not serialized in
+    memory: peak memory stays at one copy of the weights in ORT besides the model itself."""
     import onnxruntime as ort
 
     from onnx_compress.verify import run_session
 
+    work = model.clone() if extra else model
+    if extra:
+        values = {v.name: v for v in ir.convenience.create_value_mapping(work.graph).values() if v.name}
+        known = {v.name for v in work.graph.outputs}
+        inputs = {v.name for v in work.graph.inputs}
+        for name in extra:
+            if name not in known and name not in inputs and name in values:
+                work.graph.outputs.append(values[name])
+                known.add(name)
     with tempfile.TemporaryDirectory(prefix="onnx-compress-awq-") as tmp:
         path = Path(tmp, "model.onnx")
-        ir.save(model, path, external_data="model.onnx.data")
+        ir.save(work, path, external_data="model.onnx.data")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        results = [run_session(session, f, names) for f in feeds]
+        results = []
+        for f in feeds:
+            got = run_session(session, f, names)
+            got.update({k: np.asarray(v) for k, v in f.items() if k in extra})
+            results.append(got)
         del session
     return results
+
+
+def _sequence_loss(
+    block: SeqBlock, captured: Sequence[Mapping[str, np.ndarray]], activation: str
+) -> tuple[np.ndarray, Block]:
+    """The loss rows (every token of the captured samples) and the block over them."""
+    session = block.session()
+    xs = [np.asarray(c[activation], np.float32) for c in captured]
+    lengths = [int(np.prod(x.shape[:-1])) for x in xs]
+    rows = np.concatenate([x.reshape(-1, x.shape[-1]) for x in xs])
+
+    def through_block(outs: list[np.ndarray]) -> np.ndarray:
+        results, start = [], 0
+        for x, n, c in zip(xs, lengths, captured, strict=True):
+            feeds = {
+                name: o[start : start + n].reshape(*x.shape[:-1], o.shape[1])
+                for name, o in zip(block.input_names, outs, strict=True)
+            }
+            feeds.update({name: c[name] for name in block.aux_names})
+            y = session.run(None, feeds)[0]
+            results.append(y.reshape(-1, y.shape[-1]))
+            start += n
+        return np.concatenate(results)
+
+    return rows, through_block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +261,30 @@ class AwqPass(ir.passes.InPlacePass):
             logger.warning("awq: no group of quantized weights sharing an input; nothing to scale")
             return ir.passes.PassResult(model, modified=False)
         reference = model.clone() if self.check_inputs else None
+        clock = time.perf_counter()
+        timings: dict[str, float] = {}
 
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = now - clock
+            clock = now
+
+        # blocks that need whole sequences (attention): their inputs captured on the float model
+        seqs: dict[int, SeqBlock] = {}
+        if self.config.block_loss and self.check_inputs:
+            for group, members in plans:
+                if all(m.quant is not None for m in members) and row_block(group) is None:
+                    found = seq_block(group)
+                    if found is not None:
+                        seqs[id(group)] = found
+        captured: list[dict[str, np.ndarray]] = []
+        if seqs:
+            names = sorted({n for g, _ in plans if id(g) in seqs for n in (g.name, *seqs[id(g)].aux_names)})
+            captured = _run_outputs(model, self.check_inputs, names)
+            logger.info("awq: %d attention blocks evaluated on %d captured sequences", len(seqs), len(captured))
+
+        lap("capture")
         # 1. search on the original weights
         searched: list[tuple[Group, list[_Member], Any, int, str]] = []
         iterator: Iterable[tuple[Group, list[_Member]]] = plans
@@ -226,9 +295,14 @@ class AwqPass(ir.passes.InPlacePass):
             quantized = [m for m in members if m.quant is not None]
             weights = [current_weight(m.site).astype(np.float32) for m in quantized]
             loss_on, fn = self._block(group, members)
+            seq = seqs.get(id(group))
+            if seq is not None:
+                x_rows, fn = _sequence_loss(seq, captured, group.name)
+                loss_on = f"attention block output ({seq.exit_name}) on {len(captured)} sequences"
             result = search_scales(x_rows, x_mean, weights, [m.quant for m in quantized if m.quant is not None], fn)
             searched.append((group, members, result, len(x_rows), loss_on))
 
+        lap("search")
         # 2. fold
         for group, _, result, _, _ in searched:
             if result.ratio is not None:
@@ -239,6 +313,7 @@ class AwqPass(ir.passes.InPlacePass):
             self._check_fold(reference, model)
             del reference
 
+        lap("fold and fold check")
         # 4. clip
         out: list[AwqRecord] = []
         for group, members, result, rows, loss_on in searched:
@@ -273,7 +348,14 @@ class AwqPass(ir.passes.InPlacePass):
                     loss_on=loss_on,
                 )
             )
+        lap("clip search")
         add_awq_records(model, out)
+        logger.info(
+            "awq timings: %s (%d groups, %d weights)",
+            ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
+            len(out),
+            sum(len(r.layers) for r in out),
+        )
         scaled = sum(1 for r in out if r.ratio is not None)
         logger.info("awq: %d groups, %d scaled, %d kept RTN scales", len(out), scaled, len(out) - scaled)
         return ir.passes.PassResult(model, modified=True)
