@@ -76,7 +76,7 @@ def _custom_op_libraries(model: ir.Model) -> list[str]:
     return [os.fspath(runtime.library_path())] if uses_ours else []
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Inputs:
     """The data a run uses besides the model."""
 
@@ -87,12 +87,23 @@ class _Inputs:
 
 def _run_passes(model: ir.Model, recipe: Recipe, progress: ProgressFactory | None, inputs: _Inputs) -> bool:
     context = PassContext(progress=progress, activation_stats=inputs.stats, check_inputs=inputs.check)
+    inputs.stats = None  # the statistics (row samples: hundreds of MB) go once their last reader ran
+    last_calibrated = max((i for i, s in enumerate(recipe.steps) if isinstance(s, NEEDS_CALIBRATION)), default=-1)
     modified = False
-    for step in recipe.steps:
+    for i, step in enumerate(recipe.steps):
         if isinstance(step, QuantizeWeights):  # its layer inputs as it sees them
             context = dataclasses.replace(context, layer_inputs=_layer_inputs(model, recipe, inputs.feeds))
-        for p in recipe.build_passes(context, steps=(step,)):
-            modified |= p(model).modified
+        passes = recipe.build_passes(context, steps=(step,))
+        if i == last_calibrated:
+            context = dataclasses.replace(context, activation_stats=None)
+        modified |= _run(passes, model)  # the passes (and what they hold) are dropped after
+    return modified
+
+
+def _run(passes: list[ir.passes.PassBase], model: ir.Model) -> bool:
+    modified = False
+    while passes:
+        modified |= passes.pop(0)(model).modified
     return modified
 
 

@@ -136,12 +136,14 @@ class SeqBlock:
 
 
 _SEQ_LIMIT = 80
+_ATTENTION = {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
 
 
 def seq_block(group: Group) -> SeqBlock | None:
-    """The block after ``group`` up to the one constant-weight MatMul all its paths reach
-    (q/k/v -> attention -> o_proj), with the other values it reads; None when the paths reach
-    no linear or several (the residual stream), or pass through control flow."""
+    """The attention block after ``group`` up to the one constant-weight MatMul all its paths
+    reach (q/k/v -> attention -> o_proj), with the other values it reads; None when the paths
+    reach no linear or several (the residual stream), hold no Softmax or attention op, or pass
+    through control flow."""
     starts = [s.uses[0].node.outputs[0] for s in group.sites]
     cone: list[ir.Node] = []
     in_cone: set[int] = set()
@@ -170,6 +172,8 @@ def seq_block(group: Group) -> SeqBlock | None:
                 todo.append(out)
     if exit_node is None or not cone:
         return None
+    if not any(n.op_type == "Softmax" or n.op_type in _ATTENTION for n in cone):
+        return None  # not attention (e.g. the last layer through the final norm into a pooler)
     w = exit_node.inputs[1]
     if w is None or len(w.shape or ()) != 2 or exit_node.inputs[0] is None or id(exit_node.inputs[0]) not in inside:
         return None

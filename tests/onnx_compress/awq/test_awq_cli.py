@@ -57,9 +57,7 @@ def test_awq_with_npz_data_writes_the_report_and_reuses_the_statistics(mlp: Path
         (("--no-quantize",), 2, "cannot be combined with --no-quantize"),
     ],
 )
-def test_bad_calibration_options(
-    mlp: Path, tmp_path: Path, flags: tuple[str, ...], code: int, message: str
-) -> None:
+def test_bad_calibration_options(mlp: Path, tmp_path: Path, flags: tuple[str, ...], code: int, message: str) -> None:
     before = snapshot(tmp_path)
     proc = run_cli(mlp, tmp_path / "out.onnx", "--awq", *flags, cwd=tmp_path)
     assert_clean_failure(proc, code, message, tmp_path, before)

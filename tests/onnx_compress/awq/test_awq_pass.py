@@ -18,6 +18,7 @@ from onnx_compress.awq.fold import find_groups
 from onnx_compress.awq.scaling import feeds_attention_scores
 from onnx_compress.calibration.data import TextCalibration, input_specs, model_feeds, read_text, tokenize
 from onnx_compress.errors import CalibrationDataError, VerificationError
+from onnx_compress.verify import random_inputs
 
 INT4 = QuantizeWeights(scheme=WeightScheme.INT4, int8=())
 NO_VERIFY = Verify(enabled=False)
@@ -122,3 +123,40 @@ def test_statistics_of_another_model_are_refused(library_file: Path, tmp_path: P
     other = ir.load(str(export.export("llama", "dynamo")))
     with pytest.raises(CalibrationDataError, match="another model"):
         compress(other, recipe, calibration_stats=stats)
+
+
+@pytest.mark.parametrize("name", ["smollm2-l4", "minilm"])
+def test_blocks_extracted_for_the_loss_reproduce_the_model(name: str) -> None:
+    """Fed the group's float outputs (and, for attention, the captured rotary tables and masks),
+    each extracted block returns exactly what the model computes at its exit linear."""
+    from onnx_compress.awq.block import row_block, seq_block
+
+    model = ir.load(str(export.export(name, "dynamo")))
+    feeds = [random_inputs(model, batch=1, sequence=24, seed=3)]
+    kinds: collections.Counter[str] = collections.Counter()
+    for group in find_groups(model):
+        row, seq = row_block(group), seq_block(group)
+        block = row or seq
+        if block is None:
+            kinds["none"] += 1
+            continue
+        kinds["row" if row is not None else "seq"] += 1
+        starts = [s.uses[0].node.outputs[0].name for s in group.sites]
+        exit_value = next(
+            n.outputs[0].name
+            for n in model.graph
+            if n.name == block.exit_name  # the exit MatMul
+        )
+        aux = seq.aux_names if row is None and seq is not None else ()
+        got = scaling._run_outputs(model, feeds, [*starts, exit_value, *aux])[0]
+        inputs = {n: got[n] for n in starts}
+        if row is not None:  # row-wise: fed as [T, N] rows
+            inputs = {n: v.reshape(-1, v.shape[-1]) for n, v in inputs.items()}
+        out = block.session().run(None, {**inputs, **{n: got[n] for n in aux}})[0]
+        # the same float32 ops on the same inputs: only ORT's kernel choice differs
+        assert rel_error(out.reshape(-1), got[exit_value].reshape(-1)) < 1e-6, group.name
+    assert kinds == {
+        "row": 4 if name == "smollm2-l4" else 6,
+        "seq": 4 if name == "smollm2-l4" else 6,
+        "none": 8 if name == "smollm2-l4" else 12,
+    }, kinds
