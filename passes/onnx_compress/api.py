@@ -44,6 +44,7 @@ StatsSource = ActivationStats | str | os.PathLike[str]
 """Activation statistics, or the .npz file that caches them."""
 
 _VERIFY_SAMPLES = 4
+_CHECK_SAMPLES = 4  # calibration samples AWQ checks its fold on and evaluates attention blocks on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _statistics(
         )
     awq = recipe.awq
     rows = awq.rows if awq is not None else 0
-    keep = _Keep(calibration, _VERIFY_SAMPLES)
+    keep = _Keep(calibration, max(_VERIFY_SAMPLES, _CHECK_SAMPLES))
     total = len(calibration) if isinstance(calibration, Sized) else None
     start = time.perf_counter()
     collected = collect_stats(
@@ -183,15 +184,16 @@ def _inputs(
     feeds: list[Mapping[str, np.ndarray]] = []
     if recipe.verify.enabled or (q is not None and q.max_layer_error is not None):
         if seen:
-            feeds = seen
+            feeds = seen[:_VERIFY_SAMPLES]
         elif calibration is not None:
             feeds = list(itertools.islice(iter(calibration), _VERIFY_SAMPLES))
         if not feeds:
             feeds = [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)]
     check: tuple[Mapping[str, np.ndarray], ...] = ()
     if recipe.needs_calibration:  # calibration samples to check folds and evaluate attention blocks on
-        first = seen or (list(itertools.islice(iter(calibration), _VERIFY_SAMPLES)) if calibration is not None else [])
-        check = tuple((first or feeds or [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)])[:4])
+        first = seen or (list(itertools.islice(iter(calibration), _CHECK_SAMPLES)) if calibration is not None else [])
+        fallback = feeds or [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)]
+        check = tuple((first or fallback)[:_CHECK_SAMPLES])
     return _Inputs(feeds, activation_stats, check)
 
 

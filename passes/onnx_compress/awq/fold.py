@@ -18,6 +18,9 @@ division is folded exactly into ``x``'s producer when every consumer of ``x`` is
   only feeds ``x``: ``W'[:, c] /= s[c]``, bias too;
 * ``MUL_BRANCH``: ``Mul(a, b)`` (SwiGLU's ``act(gate) * up``) where one operand comes from such
   a MatMul used only there: its columns are divided (up_proj absorbs 1/s);
+* ``V_TO_O``: the attention output read by o_proj, when multi-head attention keeps the head
+  layout (v reshaped to heads, transposed, ``P @ v``, transposed and merged back): v_proj's
+  columns (and bias) are divided; grouped-query attention repeats v heads and gets a Mul;
 * ``INSERT_MUL``: anything else (a graph input, a residual stream read elsewhere, GELU, ...).
 
 Every fold leaves the float model's outputs unchanged (up to float rounding):
@@ -54,6 +57,7 @@ class FoldKind(enum.Enum):
     NORM = "normalization op's scale/bias"
     MATMUL_COLS = "preceding MatMul's output columns"
     MUL_BRANCH = "MatMul branch of a Mul (up_proj through act(gate) * up)"
+    V_TO_O = "value projection's output columns (through attention, same head layout)"
     INSERT_MUL = "inserted Mul(1/s)"
 
 
@@ -111,10 +115,46 @@ def _linear_producer(value: ir.Value) -> ir.Node | None:
     return node
 
 
+def _single(value: ir.Value | None, op: str) -> ir.Node | None:
+    """The producer of ``value`` when it is an ``op`` node of the default domain whose output is
+    read only once (and is not a graph output)."""
+    if value is None or len(value.uses()) != 1 or value.is_graph_output():
+        return None
+    node = value.producer()
+    return node if node is not None and node.op_type == op and node.domain == "" else None
+
+
+def _value_projection(x: ir.Value) -> ir.Node | None:
+    """The value projection behind an attention output ``x`` when channel c of ``x`` is a
+    weighted sum of channel c of v alone (multi-head attention with the head layout kept):
+    ``Reshape(Transpose[0,2,1,3](P @ Transpose[0,2,1,3](Reshape(v))))``, every value read only
+    on this path. Grouped-query attention repeats v heads (Expand) and does not match."""
+    merge = x.producer()
+    if merge is None or merge.op_type != "Reshape" or merge.domain != "":
+        return None
+    perm = (0, 2, 1, 3)
+    t_out = _single(merge.inputs[0], "Transpose")
+    if t_out is None or tuple(t_out.attributes.get_ints("perm", ())) != perm:
+        return None
+    pv = _single(t_out.inputs[0], "MatMul")
+    if pv is None:
+        return None
+    t_in = _single(pv.inputs[1], "Transpose")
+    if t_in is None or tuple(t_in.attributes.get_ints("perm", ())) != perm:
+        return None
+    split = _single(t_in.inputs[0], "Reshape")
+    if split is None or split.inputs[0] is None or len(split.inputs[0].uses()) != 1:
+        return None
+    return _linear_producer(split.inputs[0])
+
+
 def _fold_kind(x: ir.Value, k: int) -> tuple[FoldKind, ir.Node | None]:
     node = x.producer()
     if node is None:
         return FoldKind.INSERT_MUL, None
+    value = _value_projection(x)
+    if value is not None and value.inputs[1] is not None and (value.inputs[1].shape or [None])[-1] == k:
+        return FoldKind.V_TO_O, value
     op = node.op_type
     if node.domain in ("", "com.microsoft") and op in _NORMS and node.outputs[0] is x:
         scale_i, bias_i = _NORMS[op]
@@ -263,7 +303,7 @@ def apply_scales(group: Group, s: np.ndarray) -> None:
         assert mul is not None
         _divide_const(mul, 1, s)
         _divide_const(target, 1, s)
-    elif group.fold in (FoldKind.MATMUL_COLS, FoldKind.MUL_BRANCH):
+    elif group.fold in (FoldKind.MATMUL_COLS, FoldKind.MUL_BRANCH, FoldKind.V_TO_O):
         assert target is not None
         _divide_columns(target, s)
     else:

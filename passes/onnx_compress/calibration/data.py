@@ -164,6 +164,10 @@ def tokenize(text: str, tokenizer: str | os.PathLike[str]) -> np.ndarray:
         tok = Tokenizer.from_file(str(tokenizer))
     except Exception as e:  # tokenizers raises its own exception type for a bad file
         raise CalibrationDataError(f"cannot load tokenizer '{tokenizer}': {e}") from e
+    # the whole text: a tokenizer.json may carry truncation (BERT's: 128 or 512 tokens) and
+    # padding settings meant for single inputs
+    tok.no_truncation()
+    tok.no_padding()
     # the joined text at once, no special tokens (how the perplexity baselines were measured;
     # encoding paragraph by paragraph splits merges at the boundaries and shifts perplexity)
     return np.asarray(tok.encode(text, add_special_tokens=False).ids, np.int64)

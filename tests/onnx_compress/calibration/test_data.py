@@ -83,3 +83,13 @@ def test_perplexity_of_a_random_model_is_about_its_vocabulary(exported) -> None:
     assert result["tokens"] == 3 * 31
     logits = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
     np.testing.assert_allclose(eval_perplexity._log_softmax_nll(logits, np.array([0, 2])), -np.log([0.5, 0.8]))
+
+
+def test_tokenize_ignores_the_tokenizers_truncation() -> None:
+    """MiniLM's tokenizer.json truncates to 128 tokens; calibration text is tokenized whole."""
+    from models import export
+
+    from onnx_compress.calibration.data import tokenize
+
+    ids = tokenize("The quick brown fox jumps over the lazy dog. " * 100, export.minilm_dir() / "tokenizer.json")
+    assert len(ids) == 1000  # 10 word pieces per sentence, no [CLS]/[SEP]
