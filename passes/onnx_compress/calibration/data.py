@@ -27,6 +27,7 @@ __all__ = [
     "load_npz",
     "model_feeds",
     "read_text",
+    "special_tokens",
     "text_hash",
     "text_samples",
     "tokenize",
@@ -39,6 +40,7 @@ import os
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -155,7 +157,7 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def tokenize(text: str, tokenizer: str | os.PathLike[str]) -> np.ndarray:
+def _load_tokenizer(tokenizer: str | os.PathLike[str]) -> Any:
     try:
         from tokenizers import Tokenizer
     except ImportError as e:  # an optional dependency (the export extra)
@@ -164,13 +166,32 @@ def tokenize(text: str, tokenizer: str | os.PathLike[str]) -> np.ndarray:
         tok = Tokenizer.from_file(str(tokenizer))
     except Exception as e:  # tokenizers raises its own exception type for a bad file
         raise CalibrationDataError(f"cannot load tokenizer '{tokenizer}': {e}") from e
-    # the whole text: a tokenizer.json may carry truncation (BERT's: 128 or 512 tokens) and
+    # whole texts: a tokenizer.json may carry truncation (BERT's: 128 or 512 tokens) and
     # padding settings meant for single inputs
     tok.no_truncation()
     tok.no_padding()
-    # the joined text at once, no special tokens (how the perplexity baselines were measured;
-    # encoding paragraph by paragraph splits merges at the boundaries and shifts perplexity)
+    return tok
+
+
+def tokenize(text: str, tokenizer: str | os.PathLike[str]) -> np.ndarray:
+    """Token ids of the whole text, no special tokens."""
+    tok = _load_tokenizer(tokenizer)
+    # the joined text at once (how the perplexity baselines were measured; encoding paragraph by
+    # paragraph splits merges at the boundaries and shifts perplexity)
     return np.asarray(tok.encode(text, add_special_tokens=False).ids, np.int64)
+
+
+def special_tokens(tokenizer: str | os.PathLike[str]) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's template puts before and after a text (BERT: [CLS] / [SEP];
+    SmolLM2: none), found by encoding a probe text with and without them."""
+    tok = _load_tokenizer(tokenizer)
+    probe = "calibration"
+    plain = tok.encode(probe, add_special_tokens=False).ids
+    full = tok.encode(probe, add_special_tokens=True).ids
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return list(full[:i]), list(full[i + len(plain) :])
+    return [], []
 
 
 def text_samples(
@@ -181,18 +202,24 @@ def text_samples(
     samples: int,
     seqlen: int,
 ) -> list[dict[str, np.ndarray]]:
-    """``samples`` windows of ``seqlen`` consecutive tokens of the text (from its start), each a
-    batch-1 input dict for the model (see :func:`model_feeds`)."""
+    """``samples`` windows of ``seqlen`` tokens of the text (consecutive, from its start), each
+    framed by the tokenizer's special tokens as the model sees its inputs (BERT: [CLS] ...
+    [SEP]) and made a batch-1 input dict for the model (see :func:`model_feeds`)."""
     if samples < 1 or seqlen < 1:
         raise CalibrationDataError(f"calibration samples and sequence length must be >= 1, got {samples} x {seqlen}")
     ids = tokenize(read_text(text), tokenizer)
-    available = len(ids) // seqlen
+    prefix, suffix = special_tokens(tokenizer)
+    body = seqlen - len(prefix) - len(suffix)
+    if body < 1:
+        raise CalibrationDataError(f"--calib-seqlen {seqlen} leaves no room for text besides the special tokens")
+    available = len(ids) // body
     if available == 0:
         raise CalibrationDataError(f"the text has {len(ids)} tokens, fewer than one window of {seqlen}")
     if available < samples:
         logger.warning("the text has %d windows of %d tokens; using %d, not %d", available, seqlen, available, samples)
-    windows = ids[: min(samples, available) * seqlen].reshape(-1, seqlen)
-    return [model_feeds(specs, w[None, :]) for w in windows]
+    chunks = ids[: min(samples, available) * body].reshape(-1, body)
+    frame = np.asarray(prefix, np.int64), np.asarray(suffix, np.int64)
+    return [model_feeds(specs, np.concatenate([frame[0], c, frame[1]])[None, :]) for c in chunks]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,11 +51,11 @@ def test_text_windows_feed_every_declared_input(tmp_path: Path, exported) -> Non
         assert set(s) == {sp.name for sp in specs}
         assert s["input_ids"].shape == (1, 16) and s["input_ids"].dtype == np.int64
         np.testing.assert_array_equal(s["attention_mask"], np.ones((1, 16)))
-    # consecutive windows of one token stream, from its start
+    # consecutive windows of one token stream, from its start, each framed by [CLS] ... [SEP]
     from tokenizers import Tokenizer
 
     ids = Tokenizer.from_file(str(tokenizer)).encode(text, add_special_tokens=False).ids
-    np.testing.assert_array_equal(np.concatenate([s["input_ids"][0] for s in samples]), ids[:48])
+    np.testing.assert_array_equal(np.concatenate([s["input_ids"][0, 1:-1] for s in samples]), ids[:42])
     with pytest.raises(CalibrationDataError, match="fewer than one window of 100000"):
         text_samples(folder, tokenizer, specs, samples=1, seqlen=100000)
     with pytest.raises(CalibrationDataError, match="cannot load tokenizer"):
@@ -93,3 +93,29 @@ def test_tokenize_ignores_the_tokenizers_truncation() -> None:
 
     ids = tokenize("The quick brown fox jumps over the lazy dog. " * 100, export.minilm_dir() / "tokenizer.json")
     assert len(ids) == 1000  # 10 word pieces per sentence, no [CLS]/[SEP]
+
+
+def test_text_windows_carry_the_models_special_tokens() -> None:
+    """BERT inputs start with [CLS] and end with [SEP] (whose activations hold the outlier
+    channels AWQ must see); SmolLM2's template adds nothing, so its windows are plain text."""
+    from models import export
+
+    text = "The quick brown fox jumps over the lazy dog. " * 100
+    tokenizer = export.minilm_dir() / "tokenizer.json"
+    model = ir.load(str(export.export("minilm", "dynamo")))
+    windows = text_samples(text_file := _write(text), tokenizer, input_specs(model), samples=3, seqlen=32)
+    assert len(windows) == 3 and text_file.exists()
+    for w in windows:
+        ids = w["input_ids"][0]
+        assert len(ids) == 32 and ids[0] == 101 and ids[-1] == 102 and 101 not in ids[1:-1]
+    smol = ir.load(str(export.export("smollm2-l4", "dynamo")))
+    plain = text_samples(text_file, export.smollm2_tokenizer(), input_specs(smol), samples=2, seqlen=16)
+    assert [len(w["input_ids"][0]) for w in plain] == [16, 16]
+
+
+def _write(text: str) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "text.txt"
+    path.write_text(text)
+    return path
