@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seqlen", type=int, default=128, help="MiniLM was trained on 128-token inputs")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=(1, 4),
+        help="ORT CPU compute type of fused QDQ weights: 4 (ORT's default) quantizes activations to int8, 1 = fp32",
+    )
     args = p.parse_args(argv)
 
     src = export.export("minilm", "dynamo")
@@ -73,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         mask[i, : len(e.ids)] = 1
 
     def embed(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if args.accuracy_level is not None:
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(args.accuracy_level))
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = {i.name for i in session.get_inputs()}
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         hidden = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"all-MiniLM-L6-v2: {len(batch)} sentences of tutorial/ (text hash {text_hash(eval_text)}, {length} tokens "
         f"max); calibration {args.calib_samples} x {args.calib_seqlen} tokens of library/ "
-        f"(text hash {text_hash(read_text(calib_dir))})\n"
+        f"(text hash {text_hash(read_text(calib_dir))}); ORT accuracy level {args.accuracy_level or 'default (4)'}\n"
     )
     print("| weights | method | cosine to float mean / min | same nearest neighbour | seconds |")
     print("|---|---|---|---|---|")

@@ -255,7 +255,8 @@ class Awq:
     searched (q/k skipped). The quantize step then writes the same ops as without AWQ.
 
     Attributes:
-        clip: search a clipping bound per (block, output channel), AutoAWQ's ``_compute_best_clip``.
+        clip: search a clipping bound per (block, output channel) of 4-bit weights, AutoAWQ's
+            ``_compute_best_clip`` (int8 weights are not clipped: it lowers their accuracy).
         rows: calibration rows per activation kept as a uniform sample to evaluate the scale
             loss on (AutoAWQ evaluates all tokens; 2048 rows of 128 x 512 bound time and memory).
         clip_rows: rows the clip search evaluates (AutoAWQ: 512; 2048 measured better on SmolLM2
