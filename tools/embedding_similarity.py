@@ -16,11 +16,10 @@ from pathlib import Path
 from pydoc_data.topics import topics
 
 import numpy as np
-import onnxruntime as ort
 from models import export
-from tokenizers import Tokenizer
 
 from onnx_compress import QuantizeWeights, Recipe, Verify, WeightFormat, WeightScheme, compress_file
+from tools.eval_embeddings import sentence_embeddings, token_batch
 
 NF4, INT4, BNB4 = WeightScheme.NF4, WeightScheme.INT4, WeightFormat.BNB4
 CONFIGS = {
@@ -43,22 +42,11 @@ def sentences(n: int = 64) -> list[str]:
 
 def main() -> None:
     src = export.export("minilm", "dynamo")
-    tok = Tokenizer.from_file(str(export.minilm_dir() / "tokenizer.json"))
-    enc = tok.encode_batch(sentences())
-    length = max(len(e.ids) for e in enc)
-    ids = np.zeros((len(enc), length), np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
+    ids, mask = token_batch(export.minilm_dir() / "tokenizer.json", sentences())
+    length = ids.shape[1]
 
     def embed(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = {i.name for i in session.get_inputs()}
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return sentence_embeddings(path, ids, mask)
 
     ref = embed(src)
     sim_ref = ref @ ref.T

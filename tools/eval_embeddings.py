@@ -50,6 +50,31 @@ def sentences(source: str, n: int) -> list[str]:
     return unique[:n]
 
 
+def token_batch(tokenizer: Path, batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask [sentences, longest] (right padding with 0)."""
+    enc = Tokenizer.from_file(str(tokenizer)).encode_batch(batch)
+    length = max(len(e.ids) for e in enc)
+    ids = np.zeros((len(enc), length), np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+    return ids, mask
+
+
+def sentence_embeddings(path: Path, ids: np.ndarray, mask: np.ndarray, accuracy_level: int | None = None) -> np.ndarray:
+    """Mean pooling over the mask, L2 normalized (sentence-transformers' MiniLM head)."""
+    options = ort.SessionOptions()
+    if accuracy_level is not None:
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    hidden = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--sentences", type=int, default=256)
@@ -69,25 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     eval_text = read_text(text.evaluation_dir())
     calib_dir = text.calibration_dir()
     batch = sentences(eval_text, args.sentences)
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    enc = tok.encode_batch(batch)
-    length = max(len(e.ids) for e in enc)
-    ids = np.zeros((len(enc), length), np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
+    ids, mask = token_batch(tokenizer_path, batch)
+    length = ids.shape[1]
 
     def embed(path: Path) -> np.ndarray:
-        options = ort.SessionOptions()
-        if args.accuracy_level is not None:
-            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(args.accuracy_level))
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = {i.name for i in session.get_inputs()}
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)  # type: ignore[no-any-return]
+        return sentence_embeddings(path, ids, mask, args.accuracy_level)
 
     ref = embed(src)
     sim_ref = ref @ ref.T

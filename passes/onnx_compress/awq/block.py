@@ -16,7 +16,7 @@ sequences; o and down feed the residual stream) keep the loss on their own outpu
 
 from __future__ import annotations
 
-__all__ = ["RowBlock", "SeqBlock", "row_block", "seq_block"]
+__all__ = ["Block", "row_block", "seq_block"]
 
 import dataclasses
 from collections.abc import Sequence
@@ -35,19 +35,21 @@ _LIMIT = 24
 
 
 @dataclasses.dataclass(frozen=True)
-class RowBlock:
-    """A row-wise block from the group's MatMul outputs to one float linear's output."""
+class Block:
+    """A block from the group's MatMul outputs (and, for attention, other values of the model:
+    ``aux_names``, rotary tables, masks, past keys, shapes, captured per sample from the float
+    model) to one float linear's output, as a small ONNX model run in ORT CPU."""
 
-    model: bytes  # serialized ONNX model: inputs = the group's outputs [T, N_i], output [T, N]
+    model: bytes  # serialized ONNX model: inputs = the group's outputs, then the aux values
     input_names: tuple[str, ...]
-    exit_name: str  # the final MatMul's name (for logging)
+    aux_names: tuple[str, ...]
+    exit_name: str  # the final MatMul's name (for the report)
 
     def session(self):  # type: ignore[no-untyped-def]
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = 0
         return ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
 
 
@@ -55,7 +57,7 @@ def _const(v: ir.Value | None) -> bool:
     return v is None or ir.convenience.get_const_tensor(v) is not None
 
 
-def row_block(group: Group) -> RowBlock | None:
+def row_block(group: Group) -> Block | None:
     """The row-wise block after ``group``, or None (see the module docstring)."""
     starts = [s.uses[0].node.outputs[0] for s in group.sites]
     cone: list[ir.Node] = []
@@ -92,54 +94,14 @@ def row_block(group: Group) -> RowBlock | None:
                 return None
     if len(exit_node.inputs[1].shape or ()) != 2:  # type: ignore[union-attr]
         return None
-    return _build(group, starts, cone, exit_node)
-
-
-def _build(group: Group, starts: Sequence[ir.Value], cone: Sequence[ir.Node], exit_node: ir.Node) -> RowBlock:
-    graph = exit_node.graph
-    assert graph is not None
-    order = {id(n): i for i, n in enumerate(graph)}
-    nodes = sorted([*cone, exit_node], key=lambda n: order[id(n)])
-    protos, inits, seen_consts = [], [], set()
-    dtype = (starts[0].dtype or ir.DataType.FLOAT).value
-    for n in nodes:
-        protos.append(ir.serde.serialize_node(n))
-        for v in n.inputs:
-            if v is None or v.name in seen_consts:
-                continue
-            tensor = ir.convenience.get_const_tensor(v)
-            if tensor is not None:
-                seen_consts.add(v.name)
-                inits.append(onnx.numpy_helper.from_array(tensor.numpy(), v.name))
-    inputs = [onnx.helper.make_tensor_value_info(v.name or "", dtype, None) for v in starts]
-    out = exit_node.outputs[0]
-    graph_proto = onnx.helper.make_graph(
-        protos, "awq_block", inputs, [onnx.helper.make_tensor_value_info(out.name or "", dtype, None)], inits
-    )
-    model = graph_proto_model(graph_proto, group)
-    return RowBlock(model.SerializeToString(), tuple(v.name or "" for v in starts), exit_node.name or "")
-
-
-@dataclasses.dataclass(frozen=True)
-class SeqBlock:
-    """A block that needs whole sequences (attention): from the group's MatMul outputs and other
-    values of the model (``aux_names``: rotary tables, masks, past keys, shapes; captured per
-    sample from the float model) to one float linear's output."""
-
-    model: bytes
-    input_names: tuple[str, ...]
-    aux_names: tuple[str, ...]
-    exit_name: str
-
-    def session(self):  # type: ignore[no-untyped-def]
-        return RowBlock.session(self)  # type: ignore[arg-type]
+    return _build(group, starts, (), cone, exit_node)
 
 
 _SEQ_LIMIT = 80
 _ATTENTION = {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
 
 
-def seq_block(group: Group) -> SeqBlock | None:
+def seq_block(group: Group) -> Block | None:
     """The attention block after ``group`` up to the one constant-weight MatMul all its paths
     reach (q/k/v -> attention -> o_proj), with the other values it reads; None when the paths
     reach no linear or several (the residual stream), hold no Softmax or attention op, or pass
@@ -185,15 +147,23 @@ def seq_block(group: Group) -> SeqBlock | None:
             aux.append(operand)
     if any(not a.name for a in aux):
         return None
+    return _build(group, starts, aux, cone, exit_node)
+
+
+def _build(
+    group: Group, starts: Sequence[ir.Value], aux: Sequence[ir.Value], cone: Sequence[ir.Node], exit_node: ir.Node
+) -> Block:
+    """The block's nodes (in graph order) and constants as an ONNX model."""
     graph = exit_node.graph
     assert graph is not None
     order = {id(n): i for i, n in enumerate(graph)}
     nodes = sorted([*cone, exit_node], key=lambda n: order[id(n)])
+    fed = {id(v) for v in [*starts, *aux]}
     protos, inits, seen_consts = [], [], set()
     for n in nodes:
         protos.append(ir.serde.serialize_node(n))
         for operand in n.inputs:
-            if operand is None or operand.name in seen_consts or id(operand) in inside or operand in aux:
+            if operand is None or operand.name in seen_consts or id(operand) in fed:
                 continue
             tensor = ir.convenience.get_const_tensor(operand)
             if tensor is not None:
@@ -206,10 +176,10 @@ def seq_block(group: Group) -> SeqBlock | None:
     out = exit_node.outputs[0]
     dtype = (out.dtype or ir.DataType.FLOAT).value
     graph_proto = onnx.helper.make_graph(
-        protos, "awq_seq_block", inputs, [onnx.helper.make_tensor_value_info(out.name or "", dtype, None)], inits
+        protos, "awq_block", inputs, [onnx.helper.make_tensor_value_info(out.name or "", dtype, None)], inits
     )
     model = graph_proto_model(graph_proto, group)
-    return SeqBlock(
+    return Block(
         model.SerializeToString(),
         tuple(v.name or "" for v in starts),
         tuple(a.name or "" for a in aux),

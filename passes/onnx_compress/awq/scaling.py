@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.awq.block import SeqBlock, evaluate, row_block, seq_block
+from onnx_compress.awq.block import Block as BlockModel
+from onnx_compress.awq.block import evaluate, row_block, seq_block
 from onnx_compress.awq.fold import FoldKind, Group, apply_scales, current_weight, find_groups, set_weight
 from onnx_compress.awq.search import Block, FakeQuant, apply_clip, search_clip, search_scales
 from onnx_compress.calibration.stats import ActivationStats
@@ -168,7 +169,7 @@ def _run_outputs(
 
 
 def _sequence_loss(
-    block: SeqBlock, captured: Sequence[Mapping[str, np.ndarray]], activation: str
+    block: BlockModel, captured: Sequence[Mapping[str, np.ndarray]], activation: str
 ) -> tuple[np.ndarray, Block]:
     """The loss rows (every token of the captured samples) and the block over them."""
     session = block.session()
@@ -282,7 +283,7 @@ class AwqPass(ir.passes.InPlacePass):
             clock = now
 
         # blocks that need whole sequences (attention): their inputs captured on the float model
-        seqs: dict[int, SeqBlock] = {}
+        seqs: dict[int, BlockModel] = {}
         if self.config.block_loss and self.check_inputs:
             for group, members in plans:
                 if all(m.quant is not None for m in members) and row_block(group) is None:
