@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from onnx_compress import Awq, QuantizeWeights, Recipe, Verify, WeightFormat, WeightScheme, compress_file
 from onnx_compress.calibration.data import TextCalibration, read_text, text_hash
+from tools.eval_perplexity import add_accuracy_level, session_options
 
 CONFIGS = {
     "nf4/block64": QuantizeWeights(scheme=WeightScheme.NF4, format=WeightFormat.BNB4, int8=()),
@@ -64,10 +65,7 @@ def token_batch(tokenizer: Path, batch: list[str]) -> tuple[np.ndarray, np.ndarr
 
 def sentence_embeddings(path: Path, ids: np.ndarray, mask: np.ndarray, accuracy_level: int | None = None) -> np.ndarray:
     """Mean pooling over the mask, L2 normalized (sentence-transformers' MiniLM head)."""
-    options = ort.SessionOptions()
-    if accuracy_level is not None:
-        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), session_options(accuracy_level), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     hidden = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
@@ -81,12 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seqlen", type=int, default=128, help="MiniLM was trained on 128-token inputs")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument(
-        "--accuracy-level",
-        type=int,
-        choices=(1, 4),
-        help="ORT CPU compute type of fused QDQ weights: 4 (ORT's default) quantizes activations to int8, 1 = fp32",
-    )
+    add_accuracy_level(p)
     args = p.parse_args(argv)
 
     src = export.export("minilm", "dynamo")

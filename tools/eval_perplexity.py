@@ -35,6 +35,20 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - x[np.arange(len(targets)), targets]  # type: ignore[no-any-return]
 
 
+def add_accuracy_level(parser: argparse.ArgumentParser) -> None:
+    add_accuracy_level(parser)
+
+
+def session_options(accuracy_level: int | None = None) -> ort.SessionOptions:
+    """ORT options: quiet, and the compute type of DequantizeLinear -> MatMul that ORT CPU fuses
+    into MatMulNBits (None: ORT's default 4 = int8 activations; 1 = fp32)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if accuracy_level is not None:
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
+    return options
+
+
 def perplexity(
     model_path: Path, windows: np.ndarray, *, threads: int = 0, accuracy_level: int | None = None
 ) -> dict[str, float]:
@@ -43,11 +57,8 @@ def perplexity(
     activations; 1 = fp32, isolating the weights' error)."""
     model = ir.load(str(model_path))
     specs = input_specs(model)
-    options = ort.SessionOptions()
+    options = session_options(accuracy_level)
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if accuracy_level is not None:
-        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
     if any(n.domain == runtime.DOMAIN for n in model.graph.all_nodes()):
         runtime.session_options(options)
     del model
@@ -83,12 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--json", type=Path, help="append one JSON line per model")
-    parser.add_argument(
-        "--accuracy-level",
-        type=int,
-        choices=(1, 4),
-        help="ORT CPU compute type of fused QDQ weights: 4 (ORT's default) quantizes activations to int8, 1 = fp32",
-    )
+    add_accuracy_level(parser)
     args = parser.parse_args(argv)
     if args.text is None:
         from models import text

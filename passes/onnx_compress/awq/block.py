@@ -178,7 +178,7 @@ def _build(
     graph_proto = onnx.helper.make_graph(
         protos, "awq_block", inputs, [onnx.helper.make_tensor_value_info(out.name or "", dtype, None)], inits
     )
-    model = graph_proto_model(graph_proto, group)
+    model = _as_model(graph_proto, group)
     return Block(
         model.SerializeToString(),
         tuple(v.name or "" for v in starts),
@@ -187,7 +187,7 @@ def _build(
     )
 
 
-def graph_proto_model(graph: onnx.GraphProto, group: Group) -> onnx.ModelProto:
+def _as_model(graph: onnx.GraphProto, group: Group) -> onnx.ModelProto:
     model_ir = group.activation.graph
     opsets = []
     if model_ir is not None:

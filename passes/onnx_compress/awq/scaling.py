@@ -35,18 +35,18 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.awq.block import Block as BlockModel
-from onnx_compress.awq.block import evaluate, row_block, seq_block
+from onnx_compress.awq.block import Block, evaluate, row_block, seq_block
 from onnx_compress.awq.fold import FoldKind, Group, apply_scales, current_weight, find_groups, set_weight
-from onnx_compress.awq.search import Block, FakeQuant, apply_clip, search_clip, search_scales
+from onnx_compress.awq.search import FakeQuant, OutputMap, ScaleResult, apply_clip, search_clip, search_scales
 from onnx_compress.calibration.stats import ActivationStats
 from onnx_compress.errors import CalibrationDataError, VerificationError
+from onnx_compress.quantize.encode import Target
 from onnx_compress.quantize.sites import Site
+from onnx_compress.quantize.weights import QuantizeWeightsPass
 from onnx_compress.recipe import Awq, ProgressFactory, QuantizeWeights
 from onnx_compress.report import AwqRecord, add_awq_records
 
@@ -120,8 +120,8 @@ def feeds_attention_scores(node: ir.Node) -> bool:
     return False
 
 
-def _fake_quant(site_target: Any) -> FakeQuant:
-    return FakeQuant(site_target.scheme, site_target.block_size, site_target.symmetric)
+def _fake_quant(target: Target) -> FakeQuant:
+    return FakeQuant(target.scheme, target.block_size, target.symmetric)
 
 
 def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -169,8 +169,8 @@ def _run_outputs(
 
 
 def _sequence_loss(
-    block: BlockModel, captured: Sequence[Mapping[str, np.ndarray]], activation: str
-) -> tuple[np.ndarray, Block]:
+    block: Block, captured: Sequence[Mapping[str, np.ndarray]], activation: str
+) -> tuple[np.ndarray, OutputMap]:
     """The loss rows (every token of the captured samples) and the block over them."""
     session = block.session()
     xs = [np.asarray(c[activation], np.float32) for c in captured]
@@ -218,7 +218,7 @@ class AwqPass(ir.passes.InPlacePass):
         self.check_inputs = tuple(check_inputs)
         self.progress = progress
 
-    def _members(self, group: Group, chooser: Any) -> list[_Member]:
+    def _members(self, group: Group, chooser: QuantizeWeightsPass) -> list[_Member]:
         members = []
         for site in group.sites:
             target = chooser.target_for(site)
@@ -234,7 +234,7 @@ class AwqPass(ir.passes.InPlacePass):
             members.append(_Member(site, quant, clip))
         return members
 
-    def _block(self, group: Group, members: Sequence[_Member]) -> tuple[str, Block | None]:
+    def _block(self, group: Group, members: Sequence[_Member]) -> tuple[str, OutputMap | None]:
         """Where the loss is measured: the row-wise block after the group (AutoAWQ's module
         output, e.g. gate/up through down_proj) when there is one, else the group's outputs."""
         if not self.config.block_loss or any(m.quant is None for m in members):
@@ -265,8 +265,6 @@ class AwqPass(ir.passes.InPlacePass):
         return np.asarray(st.rows, np.float32), np.asarray(st.mean_abs, np.float64)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from onnx_compress.quantize.weights import QuantizeWeightsPass
-
         chooser = QuantizeWeightsPass(self.quantize)
         plans = [(g, self._members(g, chooser)) for g in find_groups(model)]
         plans = [(g, m) for g, m in plans if any(x.quant is not None for x in m)]
@@ -283,7 +281,7 @@ class AwqPass(ir.passes.InPlacePass):
             clock = now
 
         # blocks that need whole sequences (attention): their inputs captured on the float model
-        seqs: dict[int, BlockModel] = {}
+        seqs: dict[int, Block] = {}
         if self.config.block_loss and self.check_inputs:
             for group, members in plans:
                 if all(m.quant is not None for m in members) and row_block(group) is None:
@@ -308,7 +306,7 @@ class AwqPass(ir.passes.InPlacePass):
 
         lap("capture")
         # 1. search on the original weights
-        searched: list[tuple[Group, list[_Member], Any, int, str]] = []
+        searched: list[tuple[Group, list[_Member], ScaleResult, int, str]] = []
         iterator: Iterable[tuple[Group, list[_Member]]] = plans
         if self.progress is not None:
             iterator = self.progress(plans, total=len(plans), desc="awq search", unit="group")

@@ -85,7 +85,7 @@ class ScaleResult:
     loss: float  # output MSE with the chosen scales (<= loss_rtn)
 
 
-Block = Callable[[list[np.ndarray]], np.ndarray]
+OutputMap = Callable[[list[np.ndarray]], np.ndarray]
 """Maps the group's per-weight outputs [T, N_i] to the output the loss is measured on."""
 
 
@@ -99,7 +99,7 @@ def _group_loss(
     reference: np.ndarray,
     quants: Sequence[FakeQuant],
     s: np.ndarray,
-    block: Block,
+    block: OutputMap,
 ) -> float:
     """MSE of ``block((x / s) @ Q_i(diag(s) W_i) for each i)`` against ``reference``."""
     xs = (x / s).astype(np.float32)
@@ -113,7 +113,7 @@ def search_scales(
     x_mean: np.ndarray,
     weights: Sequence[np.ndarray],
     quant: FakeQuant | Sequence[FakeQuant],
-    block: Block | None = None,
+    block: OutputMap | None = None,
 ) -> ScaleResult:
     """The AWQ scales for one group (see the module docstring).
 
