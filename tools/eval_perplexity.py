@@ -36,7 +36,12 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def add_accuracy_level(parser: argparse.ArgumentParser) -> None:
-    add_accuracy_level(parser)
+    parser.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=(1, 4),
+        help="ORT CPU compute type of fused QDQ weights: 4 (ORT's default) quantizes activations to int8, 1 = fp32",
+    )
 
 
 def session_options(accuracy_level: int | None = None) -> ort.SessionOptions:

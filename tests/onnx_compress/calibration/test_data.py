@@ -119,3 +119,14 @@ def _write(text: str) -> Path:
     path = Path(tempfile.mkdtemp()) / "text.txt"
     path.write_text(text)
     return path
+
+
+def test_perplexity_tool_command_line(tmp_path: Path) -> None:
+    """The tool's flags parse and reach ORT (accuracy level 1 = fp32 compute of fused QDQ)."""
+    import json
+
+    out = tmp_path / "ppl.jsonl"
+    model = export.export("smollm2-l4", "dynamo")
+    eval_perplexity.main([str(model), "--windows", "1", "--seqlen", "32", "--accuracy-level", "1", "--json", str(out)])
+    row = json.loads(out.read_text())
+    assert row["tokens"] == 31 and np.isfinite(row["perplexity"]) and row["perplexity"] > 1
