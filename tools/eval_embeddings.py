@@ -9,6 +9,7 @@ neighbour among the others stays the same. The text hashes are printed with the 
 
     python -m tools.eval_embeddings                    # 256 sentences, nf4 b64 and int8 channel
     python -m tools.eval_embeddings --sentences 256 --calib-samples 128 --calib-seqlen 128
+    python -m tools.eval_embeddings --sparsity         # 2:4 magnitude vs wanda, float and int8
 """
 
 from __future__ import annotations
@@ -24,8 +25,19 @@ import onnxruntime as ort
 from models import export, text
 from tokenizers import Tokenizer
 
-from onnx_compress import Awq, QuantizeWeights, Recipe, Verify, WeightFormat, WeightScheme, compress_file
+from onnx_compress import (
+    Awq,
+    QuantizeWeights,
+    Recipe,
+    Sparsify,
+    SparsityMethod,
+    Verify,
+    WeightFormat,
+    WeightScheme,
+    compress_file,
+)
 from onnx_compress.calibration.data import TextCalibration, read_text, text_hash
+from onnx_compress.recipe import Step
 from tools.eval_perplexity import add_accuracy_level, session_options
 
 CONFIGS = {
@@ -33,6 +45,22 @@ CONFIGS = {
     "int4/block128": QuantizeWeights(scheme=WeightScheme.INT4, int8=()),
     "int8/channel": QuantizeWeights(exclude=()),
 }
+
+
+def rows(configs: list[str], sparsity: bool) -> list[tuple[str, str, tuple[Step, ...], bool]]:
+    """(weights, method, recipe steps, calibrated) per table row."""
+    if sparsity:
+        out: list[tuple[str, str, tuple[Step, ...], bool]] = []
+        for label, quantize in (("float", ()), ("int8/channel", (CONFIGS["int8/channel"],))):
+            for method in (SparsityMethod.MAGNITUDE, SparsityMethod.WANDA):
+                steps = (Sparsify(method=method), *quantize)
+                out.append((label, f"2:4 {method.value}", steps, method is SparsityMethod.WANDA))
+        return out
+    return [
+        (label, method, steps, method == "AWQ")
+        for label in configs
+        for method, steps in (("RTN", (CONFIGS[label],)), ("AWQ", (Awq(), CONFIGS[label])))
+    ]
 
 
 def sentences(source: str, n: int) -> list[str]:
@@ -79,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seqlen", type=int, default=128, help="MiniLM was trained on 128-token inputs")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--sparsity", action="store_true", help="2:4 sparsity (magnitude, wanda; float, int8) instead")
     add_accuracy_level(p)
     args = p.parse_args(argv)
 
@@ -105,29 +134,27 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     calibration = TextCalibration(calib_dir, tokenizer_path, args.calib_samples, args.calib_seqlen)
     with tempfile.TemporaryDirectory() as tmp:
-        stats = Path(tmp) / "stats.npz"  # collected by the first AWQ run, reused by the others
-        for label in args.configs:
-            step = CONFIGS[label]
-            for method, steps in (("RTN", (step,)), ("AWQ", (Awq(), step))):
-                out = Path(tmp) / "q.onnx"
-                start = time.perf_counter()
-                compress_file(
-                    src,
-                    out,
-                    Recipe(steps=steps, verify=Verify(enabled=False)),
-                    calibration if method == "AWQ" else None,
-                    calibration_stats=stats if method == "AWQ" else None,
-                )
-                seconds = time.perf_counter() - start
-                e = embed(out)
-                cos = (e * ref).sum(1)
-                sim = e @ e.T
-                np.fill_diagonal(sim, -2)
-                agree = float((sim.argmax(1) == sim_ref.argmax(1)).mean())
-                print(
-                    f"| {label} | {method} | {cos.mean():.5f} / {cos.min():.5f} | {100 * agree:.1f}% | {seconds:.0f} |",
-                    flush=True,
-                )
+        stats = Path(tmp) / "stats.npz"  # collected by the first calibrated run, reused by the others
+        for label, method, steps, calibrated in rows(args.configs, args.sparsity):
+            out = Path(tmp) / "q.onnx"
+            start = time.perf_counter()
+            compress_file(
+                src,
+                out,
+                Recipe(steps=steps, verify=Verify(enabled=False)),
+                calibration if calibrated else None,
+                calibration_stats=stats if calibrated else None,
+            )
+            seconds = time.perf_counter() - start
+            e = embed(out)
+            cos = (e * ref).sum(1)
+            sim = e @ e.T
+            np.fill_diagonal(sim, -2)
+            agree = float((sim.argmax(1) == sim_ref.argmax(1)).mean())
+            print(
+                f"| {label} | {method} | {cos.mean():.5f} / {cos.min():.5f} | {100 * agree:.1f}% | {seconds:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

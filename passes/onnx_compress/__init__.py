@@ -33,11 +33,14 @@ from onnx_compress.recipe import (
     FuseAttention,
     QuantizeWeights,
     Recipe,
+    Sparsify,
+    SparsityMethod,
     Verify,
     WeightFormat,
     WeightScheme,
 )
 from onnx_compress.report import AwqRecord, LayerRecord, Report
+from onnx_compress.sparsity.check import SparsityCheck, check_sparsity
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -55,6 +58,9 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Report",
+    "Sparsify",
+    "SparsityCheck",
+    "SparsityMethod",
     "TextCalibration",
     "RuntimeLibraryError",
     "UnsupportedModelError",
@@ -65,5 +71,6 @@ __all__ = [
     "WeightScheme",
     "compress",
     "compress_file",
+    "check_sparsity",
     "load",
 ]

@@ -20,15 +20,16 @@ import onnx_ir as ir
 from onnx_compress import model_io, runtime
 from onnx_compress.calibration.data import TextCalibration
 from onnx_compress.calibration.layer_inputs import LayerInputs, capture_layer_inputs
-from onnx_compress.calibration.stats import ActivationStats, collect_stats, model_fingerprint
-from onnx_compress.errors import CalibrationDataError
+from onnx_compress.calibration.stats import ActivationStats, collect_stats, matmul_activations, model_fingerprint
+from onnx_compress.errors import CalibrationDataError, VerificationError
 from onnx_compress.recipe import (
     DEFAULT_RECIPE,
-    NEEDS_CALIBRATION,
     PassContext,
     ProgressFactory,
     QuantizeWeights,
     Recipe,
+    Sparsify,
+    needs_calibration,
 )
 from onnx_compress.report import Report, build_report
 from onnx_compress.verify import random_inputs, verify_files
@@ -86,10 +87,15 @@ class _Inputs:
     check: tuple[Mapping[str, np.ndarray], ...]  # samples to check folds on
 
 
-def _run_passes(model: ir.Model, recipe: Recipe, progress: ProgressFactory | None, inputs: _Inputs) -> bool:
+def _run_passes(
+    model: ir.Model, recipe: Recipe, progress: ProgressFactory | None, inputs: _Inputs, reference: Path | None = None
+) -> bool:
+    """Run the recipe's steps on ``model``. With ``reference`` (a path) and a sparsify step, the
+    model right after pruning is saved there: the compressed model is verified against the pruned
+    float model (pruning changes the outputs on purpose; what follows must not)."""
     context = PassContext(progress=progress, activation_stats=inputs.stats, check_inputs=inputs.check)
     inputs.stats = None  # the statistics (row samples: hundreds of MB) go once their last reader ran
-    last_calibrated = max((i for i, s in enumerate(recipe.steps) if isinstance(s, NEEDS_CALIBRATION)), default=-1)
+    last_calibrated = max((i for i, s in enumerate(recipe.steps) if needs_calibration(s)), default=-1)
     modified = False
     for i, step in enumerate(recipe.steps):
         if isinstance(step, QuantizeWeights):  # its layer inputs as it sees them
@@ -98,7 +104,38 @@ def _run_passes(model: ir.Model, recipe: Recipe, progress: ProgressFactory | Non
         if i == last_calibrated:
             context = dataclasses.replace(context, activation_stats=None)
         modified |= _run(passes, model)  # the passes (and what they hold) are dropped after
+        if isinstance(step, Sparsify) and reference is not None:
+            model_io.save(model, reference, external_data=reference.name + ".data")
+    if recipe.sparsify is not None:
+        modified |= _finish_sparsity(model, recipe)
     return modified
+
+
+def _finish_sparsity(model: ir.Model, recipe: Recipe) -> bool:
+    """Recompute the annotations from the final tensors and check every weight's pattern."""
+    from onnx_compress.sparsity.annotate import RefreshSparsityPass
+    from onnx_compress.sparsity.check import check_sparsity
+
+    q = recipe.quantize
+    if q is not None and (q.scheme.four_bit or not q.symmetric):
+        logger.warning(
+            "2:4 sparsity with %s weights: the dequantized weights keep the pattern, but no 4-bit sparse "
+            "kernel exists in TensorRT or cuSPARSELt (2:4 runs with fp16, bf16, int8 and fp8): these layers "
+            "run dense",
+            q.label,
+        )
+    modified = RefreshSparsityPass()(model).modified
+    result = check_sparsity(model)
+    if not result.ok:
+        raise VerificationError("2:4 sparsity check failed after the pipeline:\n" + result.format_text())
+    return modified
+
+
+def _reference_path(recipe: Recipe, folder: Path) -> Path | None:
+    """Where the pruned float model goes when the output is verified against it."""
+    if recipe.sparsify is None or not recipe.verify.enabled:
+        return None
+    return folder / "pruned.onnx"
 
 
 def _run(passes: list[ir.passes.PassBase], model: ir.Model) -> bool:
@@ -145,7 +182,7 @@ def _statistics(
         logger.info("calibration statistics from %s (%d samples)", path, loaded.samples)
         return loaded, []
     if calibration is None:
-        steps = ", ".join(repr(s.KIND) for s in recipe.steps if isinstance(s, NEEDS_CALIBRATION))
+        steps = ", ".join(repr(s.KIND) for s in recipe.steps if needs_calibration(s))
         raise CalibrationDataError(
             f"step {steps} needs calibration data: model input samples (Python: an iterable of input dicts; "
             "CLI: --calib-data FILE|DIR of .npz, or --calib-text FILE|DIR with --tokenizer tokenizer.json), "
@@ -157,13 +194,30 @@ def _statistics(
     total = len(calibration) if isinstance(calibration, Sized) else None
     start = time.perf_counter()
     collected = collect_stats(
-        model, keep, rows=rows, seed=awq.seed if awq is not None else 0, progress=progress, total=total
+        model,
+        keep,
+        _statistics_keys(model, recipe),
+        rows=rows,
+        seed=awq.seed if awq is not None else 0,
+        progress=progress,
+        total=total,
     )
     logger.info("calibration statistics collected in %.1f s", time.perf_counter() - start)
     if path is not None:
         collected.save(path)
         logger.info("calibration statistics saved to %s", path)
     return collected, keep.kept
+
+
+def _statistics_keys(model: ir.Model, recipe: Recipe) -> list[str]:
+    """The activations the calibrated steps read: every MatMul/Gemm input (AWQ), plus the
+    inputs of weights reached through Transpose/Cast chains (wanda)."""
+    keys = set(matmul_activations(model))
+    if recipe.sparsify is not None:
+        from onnx_compress.sparsity.prune import activation_keys
+
+        keys |= set(activation_keys(model.graph))
+    return sorted(keys)
 
 
 def _inputs(
@@ -219,25 +273,28 @@ def compress(
     """
     start = time.perf_counter()
     original = _as_ir(model)
+    recipe = recipe.resolved(calibrated=calibration is not None or calibration_stats is not None)
     before_bytes = model_io.model_nbytes(original)
     work = original.clone()  # tensors are shared and never written to: the caller's model is untouched
     inputs = _inputs(original, recipe, calibration, calibration_stats, progress)
     feeds = inputs.feeds
-    _run_passes(work, recipe, progress, inputs)
-    report = build_report(before_bytes, work, model_io.model_nbytes(work), 0.0, recipe.to_toml())
-    if recipe.verify.enabled:
-        with tempfile.TemporaryDirectory(prefix="onnx-compress-verify-") as tmp:
-            ref_path, out_path = Path(tmp, "reference.onnx"), Path(tmp, "compressed.onnx")
-            ir.save(original, ref_path, external_data="reference.onnx.data")
-            ir.save(work, out_path, external_data="compressed.onnx.data")
+    with tempfile.TemporaryDirectory(prefix="onnx-compress-verify-") as tmp:
+        ref_path, out_path = Path(tmp, "reference.onnx"), Path(tmp, "compressed.onnx")
+        pruned = _reference_path(recipe, Path(tmp))
+        _run_passes(work, recipe, progress, inputs, pruned)
+        report = build_report(before_bytes, work, model_io.model_nbytes(work), 0.0, recipe.to_toml())
+        if recipe.verify.enabled:
+            if pruned is None:
+                model_io.save(original, ref_path, external_data="reference.onnx.data")
+            model_io.save(work, out_path, external_data="compressed.onnx.data")
             result = verify_files(
-                ref_path,
+                pruned or ref_path,
                 out_path,
                 feeds,
                 tolerance=recipe.verify_tolerance,
                 custom_op_libraries=_custom_op_libraries(work),
             )
-        report = report.with_verification(result.to_dict())
+            report = report.with_verification(result.to_dict())
     return CompressResult(work, dataclasses.replace(report, seconds=time.perf_counter() - start))
 
 
@@ -260,26 +317,29 @@ def compress_file(
     """
     start = time.perf_counter()
     model = model_io.load(input_path)
+    recipe = recipe.resolved(calibrated=calibration is not None or calibration_stats is not None)
     out = model_io.check_output_path(output_path, input_path, model)
     before_bytes = model_io.model_nbytes(model)
     if external_data is None and model_io.external_data_paths(model):
         external_data = True  # keep the input's layout; otherwise decided by size when saving
     inputs = _inputs(model, recipe, calibration, calibration_stats, progress)
     feeds = inputs.feeds
-    _run_passes(model, recipe, progress, inputs)
-    after_bytes = model_io.model_nbytes(model)
     verification = None
-    with model_io.StagedOutput(out) as staged:
-        staged.save(model, external_data)
-        if recipe.verify.enabled:
-            verification = verify_files(
-                input_path,
-                staged.model_path,
-                feeds,
-                tolerance=recipe.verify_tolerance,
-                custom_op_libraries=_custom_op_libraries(model),
-            ).to_dict()
-        staged.commit()
+    with tempfile.TemporaryDirectory(prefix="onnx-compress-pruned-") as tmp:
+        pruned = _reference_path(recipe, Path(tmp))
+        _run_passes(model, recipe, progress, inputs, pruned)
+        after_bytes = model_io.model_nbytes(model)
+        with model_io.StagedOutput(out) as staged:
+            staged.save(model, external_data)
+            if recipe.verify.enabled:
+                verification = verify_files(
+                    pruned or input_path,
+                    staged.model_path,
+                    feeds,
+                    tolerance=recipe.verify_tolerance,
+                    custom_op_libraries=_custom_op_libraries(model),
+                ).to_dict()
+            staged.commit()
     report = build_report(
         before_bytes,
         model,

@@ -24,6 +24,8 @@ from onnx_compress.recipe import (
     FuseAttention,
     QuantizeWeights,
     Recipe,
+    Sparsify,
+    SparsityMethod,
     Verify,
     WeightFormat,
     WeightScheme,
@@ -51,6 +53,11 @@ examples:
   onnx-compress model.onnx out.onnx --quantize int4 --awq --calib-text docs/ --tokenizer tokenizer.json
       AWQ scales searched on 128 x 512 tokens of text, folded into the norms, then int4 as usual
       (add --calib-stats stats.npz to reuse the activation statistics across runs)
+  onnx-compress model.onnx out.onnx --sparsify 2:4 --calib-text docs/ --tokenizer tokenizer.json
+      2:4 sparsity along each weight's reduction axis, mask by Wanda on the calibration text
+      (magnitude without calibration data), annotated for TensorRT, then INT8 (keeps the zeros)
+  onnx-compress check-sparsity model.onnx [--json]
+      recompute every weight's 2:4 pattern and compare it with the annotations
   onnx-compress model.onnx out.onnx --exclude 'lm_head|embed' --report report.json
   onnx-compress model.onnx out.onnx --target ort-cpu --no-quantize
       only fuse attention (MultiHeadAttention for ORT CPU), weights untouched
@@ -81,6 +88,10 @@ _STEP_FLAGS = (
     "fuse_attention",
     "no_quantize",
     "awq",
+    "sparsify",
+    "sparsify_method",
+    "sparsify_min_dim",
+    "sparsify_exclude",
 )
 
 
@@ -192,7 +203,35 @@ def _parser() -> argparse.ArgumentParser:
         "ort-cpu (MultiHeadAttention), tensorrt / onnx (ONNX Attention, opset 23)",
     )
     q.add_argument("--no-quantize", action="store_true", default=None, help="leave the weights float")
-    c = p.add_argument_group("calibration (AWQ)")
+    sp = p.add_argument_group("2:4 sparsity")
+    sp.add_argument(
+        "--sparsify",
+        choices=["2:4"],
+        default=None,
+        help="prune 2 of every 4 weights along each layer's reduction axis (dense storage with explicit zeros, "
+        "annotated for TensorRT SPARSE_WEIGHTS); runs before quantization",
+    )
+    sp.add_argument(
+        "--sparsify-method",
+        choices=[m.value for m in SparsityMethod],
+        default=None,
+        help="mask rule: wanda (|w| * ||x||, the default with calibration data) or magnitude (the default without)",
+    )
+    sp.add_argument(
+        "--sparsify-min-dim",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep layers with K or N below N dense (default 256)",
+    )
+    sp.add_argument(
+        "--sparsify-exclude",
+        action="append",
+        default=None,
+        metavar="REGEX",
+        help="keep matching weights dense (repeatable; default: lm_head, embed)",
+    )
+    c = p.add_argument_group("calibration (AWQ, wanda)")
     c.add_argument(
         "--awq",
         action="store_true",
@@ -297,6 +336,19 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         if "accuracy_level" in given:
             fields["accuracy_level"] = AccuracyLevel(given["accuracy_level"])
         steps: list[Any] = []
+        sparsify_flags = [k for k in ("sparsify_method", "sparsify_min_dim", "sparsify_exclude") if k in given]
+        if "sparsify" in given:
+            sparse_fields: dict[str, Any] = {"pattern": given["sparsify"]}
+            if "sparsify_method" in given:
+                sparse_fields["method"] = SparsityMethod(given["sparsify_method"])
+            if "sparsify_min_dim" in given:
+                sparse_fields["min_dim"] = given["sparsify_min_dim"]
+            if "sparsify_exclude" in given:
+                sparse_fields["exclude"] = tuple(p for p in given["sparsify_exclude"] if p)
+            steps.append(Sparsify(**sparse_fields))
+        elif sparsify_flags:
+            flags = ", ".join("--" + k.replace("_", "-") for k in sparsify_flags)
+            raise RecipeError(f"{flags} only apply with --sparsify 2:4")
         if given.get("awq"):
             if given.get("no_quantize"):
                 raise RecipeError("--awq prepares weights for quantization; it cannot be combined with --no-quantize")
@@ -308,7 +360,11 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
             raise RecipeError("--target has no effect with --no-fuse-attention")
         if given.get("no_quantize"):
             if fields:
-                flags = ", ".join("--" + k.replace("_", "-") for k in given if k not in (*_ATTENTION_FLAGS, "awq"))
+                flags = ", ".join(
+                    "--" + k.replace("_", "-")
+                    for k in given
+                    if k not in (*_ATTENTION_FLAGS, "awq") and not k.startswith("sparsify")
+                )
                 raise RecipeError(f"{flags} cannot be combined with --no-quantize")
         else:
             steps.append(QuantizeWeights(**fields))
@@ -391,15 +447,42 @@ def _inspect(argv: Sequence[str]) -> int:
         return e.exit_code
 
 
+def _check_sparsity(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="onnx-compress check-sparsity",
+        description="Recompute the 2:4 pattern of every MatMul/Gemm/Conv weight from its stored data and "
+        "compare it with the onnx_compress.sparsity annotations. Exit 0 when they agree, 6 when a tensor "
+        "is annotated but not 2:4 or 2:4 but not annotated. Nothing is written.",
+    )
+    p.add_argument("model", help="input .onnx model")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    _setup_logging(0, False)
+    try:
+        from onnx_compress import model_io
+        from onnx_compress.errors import VerificationError
+        from onnx_compress.sparsity.check import check_sparsity
+
+        result = check_sparsity(model_io.load(args.model))
+        print(result.to_json() if args.json else result.format_text())
+        return 0 if result.ok else VerificationError.exit_code
+    except OnnxCompressError as e:
+        logger.error("%s", e)
+        return e.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["inspect"]:
         return _inspect(argv[1:])
+    if argv[:1] == ["check-sparsity"]:
+        return _check_sparsity(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
-        recipe = build_recipe(args)
+        calibrated = any(x is not None for x in (args.calib_data, args.calib_text, args.calib_stats))
+        recipe = build_recipe(args).resolved(calibrated=calibrated)
         if args.print_recipe:
             sys.stdout.write(recipe.to_toml())
             return 0
@@ -408,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from onnx_compress.api import compress_file  # heavy imports only when there is work
 
         if args.calib_stats is not None and not recipe.needs_calibration:
-            raise RecipeError("--calib-stats only applies with a step that calibrates (--awq)")
+            raise RecipeError("--calib-stats only applies with a step that calibrates (--awq, --sparsify with wanda)")
         report = compress_file(
             args.input,
             args.output,

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "save",
     "StagedOutput",
     "check_output_path",
     "external_data_paths",
@@ -234,10 +235,15 @@ class StagedOutput:
         self.external_data = self.destination.name + ".data" if external_data else None
         if not external_data and any(isinstance(v.const_value, ir.ExternalTensor) for v in _initializers(model)):
             # a single file must hold every weight: read the ones still on disk (left float,
-            # or inline in the input file) into memory first
+            # or inline in the input file) into memory first (keeping their metadata, which
+            # onnx-ir's loader drops)
+            kept = _tensor_metadata(model)
             ir.external_data.load_to_model(model)
+            for value in _initializers(model):
+                if value.const_value is not None and value.name in kept:
+                    value.const_value.metadata_props.update(kept[value.name])
         try:
-            ir.save(model, self.model_path, external_data=self.external_data)
+            save(model, self.model_path, external_data=self.external_data)
         except OSError as e:
             raise OutputPathError(f"cannot write '{self.destination}': {e.strerror or e}") from e
         logger.debug("staged %s (external data: %s)", self.model_path, self.external_data)
@@ -257,3 +263,37 @@ class StagedOutput:
         moved.append(self.destination)
         self._committed = True
         return moved
+
+
+_INLINE_BYTES = 256  # ir.save's default: smaller tensors stay in the .onnx
+
+
+def _tensor_metadata(model: ir.Model) -> dict[str, dict[str, str]]:
+    return {
+        v.name: dict(v.const_value.metadata_props)
+        for v in _initializers(model)
+        if v.name and v.const_value is not None and v.const_value.metadata_props
+    }
+
+
+def save(model: ir.Model, path: str | os.PathLike[str], external_data: str | None = None) -> None:
+    """``ir.save``, with each initializer's ``metadata_props`` written exactly once (the 2:4
+    sparsity annotations live there): onnx-ir 1.1's external-data writer drops them and its
+    serializer repeats them for tensors that came from a TensorProto. The model is unchanged."""
+    metadata = _tensor_metadata(model)
+    values = [v for graph in model.graphs() for v in graph.initializers.values()]
+    tensors = [v.const_value for v in values]
+    try:
+        if external_data is not None:
+            ir.external_data.unload_from_model(
+                model, os.path.dirname(os.fspath(path)), external_data, size_threshold_bytes=_INLINE_BYTES
+            )
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value, old in zip(values, tensors, strict=True):
+            value.const_value = old
+    for init in proto.graph.initializer:
+        del init.metadata_props[:]
+        for key, text in metadata.get(init.name, {}).items():
+            init.metadata_props.add(key=key, value=text)
+    onnx.save(proto, os.fspath(path))

@@ -30,6 +30,8 @@ __all__ = [
     "FuseAttention",
     "QuantizeWeights",
     "Recipe",
+    "SparsityMethod",
+    "Sparsify",
     "Step",
     "Verify",
     "WeightFormat",
@@ -302,6 +304,66 @@ class Awq:
         ]
 
 
+class SparsityMethod(enum.Enum):
+    """How the 2:4 mask is chosen (numerics/sparse24.py)."""
+
+    MAGNITUDE = "magnitude"  # keep the 2 largest |w| of each group of 4 along K
+    WANDA = "wanda"  # keep the 2 largest |w| * ||X_k||_2 (needs calibration data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sparsify:
+    """2:4 structured sparsity: in every 4 consecutive weights along each layer's reduction
+    axis K, 2 are set to zero (one-shot; fine-tuning, if any, happens upstream).
+
+    Weights of MatMul (either input), Gemm and Conv are pruned, followed through Transpose /
+    Cast chains; weights stay dense with explicit zeros, annotated per tensor
+    (``onnx_compress.sparsity.*`` in TensorProto.metadata_props, IR >= 10) and in a model-level
+    JSON summary (``onnx_compress.sparsity`` in ModelProto.metadata_props) with the skipped
+    weights and deployment hints. Must come before quantization (a quantized input model is
+    refused); symmetric INT8 afterwards keeps the zeros and the pattern.
+
+    Attributes:
+        pattern: only ``"2:4"`` (what NVIDIA sparse tensor cores run).
+        method: ``None`` picks ``wanda`` when calibration data (or statistics) is given, else
+            ``magnitude``; resolved before the pipeline runs, so reports show the one used.
+        min_dim: layers whose K (C/g * kH * kW for Conv) or N is below this stay dense (small
+            layers are slower sparse than dense; sparsity.md: about 256 x 256).
+        exclude: regular expressions (``re.search`` on the layer, weight and node names) of
+            weights to keep dense. Default: ``lm_head`` and embeddings (``embed``); output
+            projections that produce a graph output are kept dense regardless.
+    """
+
+    KIND: ClassVar[str] = "sparsify"
+
+    pattern: str = "2:4"
+    method: SparsityMethod | None = None
+    min_dim: int = 256
+    exclude: tuple[str, ...] = ("lm_head", "embed")
+
+    def __post_init__(self) -> None:
+        if self.pattern != "2:4":
+            raise RecipeError(f"sparsity pattern {self.pattern!r} is not supported; supported: '2:4'")
+        if self.min_dim < 4:
+            raise RecipeError(f"sparsify min_dim must be >= 4, got {self.min_dim}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        _check_patterns("sparsify exclude", self.exclude)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method is SparsityMethod.WANDA
+
+    def build(self, context: PassContext) -> list[ir.passes.PassBase]:
+        from onnx_compress.sparsity.prune import SparsifyPass
+
+        if self.method is SparsityMethod.WANDA and context.activation_stats is None:
+            raise RecipeError(
+                "sparsify method 'wanda' needs calibration data: --calib-data FILE|DIR (.npz model inputs), "
+                "--calib-text FILE|DIR with --tokenizer tokenizer.json, or --calib-stats FILE"
+            )
+        return [SparsifyPass(self, context.activation_stats)]
+
+
 class AttentionTarget(enum.Enum):
     """Where the fused model will run: decides which attention op each block becomes."""
 
@@ -329,21 +391,36 @@ class FuseAttention:
         return [FuseAttentionPass(self.target)]
 
 
-Step: TypeAlias = Awq | FuseAttention | QuantizeWeights
+Step: TypeAlias = Awq | FuseAttention | QuantizeWeights | Sparsify
 """Union of every step type (grows as passes are added)."""
 
 STEP_TYPES: Mapping[str, type[Step]] = types.MappingProxyType(
-    {Awq.KIND: Awq, FuseAttention.KIND: FuseAttention, QuantizeWeights.KIND: QuantizeWeights}
+    {
+        Sparsify.KIND: Sparsify,
+        Awq.KIND: Awq,
+        FuseAttention.KIND: FuseAttention,
+        QuantizeWeights.KIND: QuantizeWeights,
+    }
 )
 
-STEP_ORDER: Mapping[type[Step], int] = types.MappingProxyType({Awq: 5, FuseAttention: 10, QuantizeWeights: 100})
+STEP_ORDER: Mapping[type[Step], int] = types.MappingProxyType(
+    {Sparsify: 3, Awq: 5, FuseAttention: 10, QuantizeWeights: 100}
+)
 """Where each step may stand: steps must appear in non-decreasing rank, each kind at most once.
 Steps that read calibration statistics come first (the statistics are collected on the input
 model, so the values they name must still be there: AWQ before attention fusion renames the
-attention output), then graph restructuring, quantization last."""
+attention output), then graph restructuring, quantization last. Pruning comes before AWQ and
+quantization: prune first, then quantize (symmetric INT8 keeps the zeros), never the reverse."""
 
-NEEDS_CALIBRATION: tuple[type[Step], ...] = (Awq,)
-"""Steps that need activation statistics on calibration data."""
+NEEDS_CALIBRATION: tuple[type[Step], ...] = (Awq, Sparsify)
+"""Steps that may need activation statistics on calibration data (see :func:`needs_calibration`)."""
+
+
+def needs_calibration(step: Step) -> bool:
+    """Whether ``step`` reads activation statistics (AWQ always; sparsify with wanda)."""
+    if isinstance(step, Sparsify):
+        return step.needs_calibration
+    return isinstance(step, Awq)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,7 +501,22 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return any(isinstance(s, NEEDS_CALIBRATION) for s in self.steps)
+        return any(needs_calibration(s) for s in self.steps)
+
+    @property
+    def sparsify(self) -> Sparsify | None:
+        return next((s for s in self.steps if isinstance(s, Sparsify)), None)
+
+    def resolved(self, calibrated: bool) -> Recipe:
+        """This recipe with defaults that depend on the data decided: a sparsify step without a
+        method gets ``wanda`` when calibration data (or statistics) is given, else ``magnitude``."""
+        steps = tuple(
+            dataclasses.replace(s, method=SparsityMethod.WANDA if calibrated else SparsityMethod.MAGNITUDE)
+            if isinstance(s, Sparsify) and s.method is None
+            else s
+            for s in self.steps
+        )
+        return dataclasses.replace(self, steps=steps)
 
     @property
     def awq(self) -> Awq | None:

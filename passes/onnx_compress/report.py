@@ -117,6 +117,7 @@ class Report:
     input_path: str | None = None
     output_path: str | None = None
     awq: tuple[AwqRecord, ...] = ()
+    sparsity: dict[str, Any] | None = None  # the model's 2:4 summary (sparsity/annotate.py)
 
     @property
     def quantized(self) -> tuple[LayerRecord, ...]:
@@ -173,6 +174,7 @@ class Report:
                 "seconds": self.seconds,
             },
             "awq": [dataclasses.asdict(r) for r in self.awq] if self.awq else None,
+            "sparsity": self.sparsity,
             "verification": self.verification,
         }
 
@@ -226,6 +228,8 @@ class Report:
         text = "total: " + "; ".join(parts)
         if self.awq:
             text += "\n" + self.format_awq()
+        if self.sparsity:
+            text += "\n" + self.format_sparsity()
         if self.verification is not None:
             text += "\nverification: " + self.verification.get("summary", "")
         return text
@@ -248,6 +252,26 @@ class Report:
             line += f"; clipped {100 * sum(clipped) / len(clipped):.1f}% of block bounds"
         return line
 
+    def format_sparsity(self) -> str:
+        """One line on 2:4 sparsity: weights pruned, method, formats, why others stayed dense."""
+        s = self.sparsity or {}
+        tensors = s.get("tensors", [])
+        skipped = s.get("skipped", [])
+        params = sum(math.prod(t.get("shape", [])) for t in tensors)
+        formats: dict[str, int] = {}
+        for t in tensors:
+            formats[str(t.get("format"))] = formats.get(str(t.get("format")), 0) + 1
+        reasons: dict[str, int] = {}
+        for t in skipped:
+            head = str(t.get("reason", "")).split(" (")[0].split(":")[0]
+            reasons[head] = reasons.get(head, 0) + 1
+        line = f"sparsity 2:4 ({s.get('method')}): {len(tensors)} weights ({params / 1e6:.1f}M params)"
+        if formats:
+            line += " stored as " + ", ".join(f"{n} {k}" for k, n in sorted(formats.items()))
+        if skipped:
+            line += f"; {len(skipped)} dense: " + ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
+        return line
+
 
 def _bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -266,8 +290,11 @@ def build_report(
     input_path: str | None = None,
     output_path: str | None = None,
 ) -> Report:
+    from onnx_compress.sparsity.annotate import read_summary
+
     return Report(
         awq=awq_records(after),
+        sparsity=read_summary(after),
         layers=records(after),
         model_bytes_before=before_bytes,
         model_bytes_after=after_bytes,

@@ -76,7 +76,10 @@ def test_every_step_type_has_an_order_rank() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[[steps]]\nkind = 'prune'\n", "steps[0] has unknown kind 'prune'; known: awq, fuse_attention, quantize"),
+        (
+            "[[steps]]\nkind = 'prune'\n",
+            "steps[0] has unknown kind 'prune'; known: sparsify, awq, fuse_attention, quantize",
+        ),
         ("[[steps]]\nscheme = 'int8'\n", "steps[0] needs a 'kind'"),
         (
             "[[steps]]\nkind = 'quantize'\nscheme = 'int3'\n",

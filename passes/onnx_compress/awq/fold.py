@@ -220,6 +220,16 @@ def find_groups(model: ir.Model) -> list[Group]:
     return groups
 
 
+def _inheriting(tensor: ir.TensorProtocol, old: ir.TensorProtocol | None) -> ir.TensorProtocol:
+    """``tensor`` with the onnx_compress annotations (e.g. 2:4 sparsity) of the one it replaces:
+    scaling rows or columns keeps zeros where they were."""
+    if old is not None:
+        for key, value in old.metadata_props.items():
+            if key.startswith("onnx_compress."):
+                tensor.metadata_props[key] = value
+    return tensor
+
+
 def _replace_const(node: ir.Node, index: int, array: np.ndarray, dtype: ir.DataType) -> None:
     """Make ``node``'s input ``index`` hold ``array``: in place (same name) when it is an
     initializer read only there, else a new initializer ``<name>/awq`` (the old constant stays
@@ -227,6 +237,7 @@ def _replace_const(node: ir.Node, index: int, array: np.ndarray, dtype: ir.DataT
     value = node.inputs[index]
     assert value is not None
     array = np.ascontiguousarray(array)
+    old = value.const_value
     if (
         value.is_initializer()
         and len(value.uses()) == 1
@@ -235,7 +246,7 @@ def _replace_const(node: ir.Node, index: int, array: np.ndarray, dtype: ir.DataT
         and value.shape is not None
         and tuple(value.shape) == array.shape
     ):
-        value.const_value = ir.tensor(array, name=value.name)
+        value.const_value = _inheriting(ir.tensor(array, name=value.name), old)
         return
     assert node.graph is not None
     names = set(node.graph.initializers)
@@ -243,7 +254,10 @@ def _replace_const(node: ir.Node, index: int, array: np.ndarray, dtype: ir.DataT
     while name in names:
         name, i = f"{value.name}/awq{i}", i + 1
     init = ir.Value(
-        name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape), type=ir.TensorType(dtype)
+        name=name,
+        const_value=_inheriting(ir.tensor(array, name=name), old),
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(dtype),
     )
     node.graph.register_initializer(init)
     node.replace_input_with(index, init)

@@ -48,13 +48,26 @@ def _initializer(
 
 
 def emit(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded, accuracy_level: AccuracyLevel) -> int:
-    """Rewire ``site``'s consumers to the encoded weight; returns the bytes of the new initializers."""
+    """Rewire ``site``'s consumers to the encoded weight; returns the bytes of the new initializers.
+
+    The stored weight (``q`` of QDQ, ``B`` of the fused ops) inherits the float weight's
+    ``onnx_compress.*`` tensor annotations (2:4 sparsity: symmetric quantization keeps zeros)."""
     target = enc.target
     if target.format is WeightFormat.QDQ:
         if target.scheme is WeightScheme.INT4:
             return _emit_int4_qdq(graph, names, site, enc)
         return _emit_int8_qdq(graph, names, site, enc)
     return _emit_fused(graph, names, site, enc, _spec(site, enc, accuracy_level))
+
+
+def _inherit(site: Site, stored: ir.Value) -> None:
+    """Copy the float weight's onnx_compress annotations to the tensor that now stores it."""
+    tensor = stored.const_value
+    if tensor is None:
+        return
+    for key, value in site.tensor.metadata_props.items():
+        if key.startswith("onnx_compress."):
+            tensor.metadata_props[key] = value
 
 
 # ---- QDQ ----------------------------------------------------------------------------------
@@ -86,6 +99,7 @@ def _emit_int8_qdq(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded) 
     else:
         attributes = {"axis": site.reduction_axis, "block_size": block or site.k}
     q = _initializer(graph, names, f"{base}.int8", q_arr)
+    _inherit(site, q)
     s = _initializer(graph, names, f"{base}.scale", scales)
     out = _dequantize_node(graph, names, site, [q, s], attributes, site.value.shape or ir.Shape(site.shape))
     for use in site.uses:
@@ -101,6 +115,7 @@ def _emit_int4_qdq(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded) 
     shape = (site.n, site.k) if lhs else (site.k, site.n)  # stored orientation (see encode)
     dtype = ir.DataType.INT4 if zp_bytes is None else ir.DataType.UINT4
     q = _initializer(graph, names, f"{base}.{dtype.name.lower()}", ir.PackedTensor(enc.arrays["q"], dtype, shape=shape))
+    _inherit(site, q)
     inputs = [q, _initializer(graph, names, f"{base}.scale", scales)]
     if zp_bytes is not None:
         inputs.append(
@@ -163,6 +178,7 @@ def _spec(site: Site, enc: Encoded, accuracy_level: AccuracyLevel) -> _OpSpec:
 def _emit_fused(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded, spec: _OpSpec) -> int:
     base = site.value.name or site.name
     shared = {role: _initializer(graph, names, f"{base}.{role}", arr) for role, arr in enc.arrays.items()}
+    _inherit(site, shared["b"])
     nbytes = enc.nbytes
     by_alpha: dict[float, dict[str, ir.Value]] = {1.0: shared}
     for use in site.uses:

@@ -1,0 +1,1 @@
+"""2:4 structured sparsity: weight sites, the pruning pass, annotations and the checker."""
