@@ -125,7 +125,7 @@ class VerificationResult:
         parity = (
             self.parity
             if worst is None
-            else (f"max output rel. error {100 * worst:.3f}% (tolerance {100 * self.tolerance:.1f}%)")
+            else (f"max output rel. error {100 * worst:.3f}% (tolerance {100 * self.tolerance:.3g}%)")
         )
         status = "passed" if self.passed else "FAILED"
         return f"{status}: checker {self.checker}; ORT CPU {self.ort_load}; {parity}"
@@ -221,6 +221,6 @@ def verify_files(
         if mismatched:
             details = ", ".join([details] * bool(details) + [f"integer output {m!r} differs" for m in mismatched])
         raise VerificationError(
-            f"compressed model drifts from the input model: {details} relative error (tolerance {100 * tolerance:.1f}%)"
+            f"compressed model drifts from the input model: {details} relative error (tolerance {100 * tolerance:.3g}%)"
         )
     return result
