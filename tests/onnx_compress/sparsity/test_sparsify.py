@@ -560,3 +560,16 @@ def test_dequantize_linear_chains_are_followed_to_the_stored_tensor(
     assert "annotated along axis" in (oc.check_sparsity(model).problems[0].problem or "")
     with pytest.raises(oc.UnsupportedModelError, match="already quantized"):
         oc.compress(proto, PRUNE)
+
+
+def test_awq_after_pruning_keeps_zeros_and_annotations(exported) -> None:  # type: ignore[no-untyped-def]
+    # AWQ rescales pruned weights (rows by s, the producer's columns by 1/s) and clips them:
+    # zeros stay zero and the annotations move with the rescaled tensors
+    path = exported("llama", "dynamo")
+    recipe = oc.Recipe(steps=(oc.Sparsify(min_dim=16), oc.Awq(rows=64, clip_rows=64), oc.QuantizeWeights()))
+    result = oc.compress(path, recipe, calibration=_llama_calibration(path))
+    summary = json.loads(result.model.metadata_props[SUMMARY_KEY])
+    assert summary["method"] == "wanda" and len(summary["tensors"]) == 14
+    assert {t["format"] for t in summary["tensors"]} == {"int8"}
+    assert oc.check_sparsity(result.model).ok
+    assert any(r.ratio is not None for r in result.report.awq)  # AWQ did rescale some groups
