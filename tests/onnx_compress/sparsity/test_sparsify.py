@@ -437,12 +437,16 @@ def test_four_bit_formats_say_whether_the_stored_tensor_is_2_4(caplog: pytest.Lo
     }
     for label, (quantize, fmt, stored) in cases.items():
         caplog.clear()
-        logger = logging.getLogger("onnx_compress")  # the CLI's tests stop it propagating to root
+        # the CLI's tests leave the package logger non-propagating (and at ERROR after -q)
+        logger = logging.getLogger("onnx_compress")
+        level = logger.level
         logger.addHandler(caplog.handler)
+        logger.setLevel(logging.WARNING)
         try:
             model = oc.compress(proto, oc.Recipe(steps=(MAGNITUDE, quantize))).model
         finally:
             logger.removeHandler(caplog.handler)
+            logger.setLevel(level)
         summary = json.loads(model.metadata_props[SUMMARY_KEY])
         (entry,) = summary["tensors"]
         assert (entry["format"], entry["stored"]) == (fmt, stored), label
