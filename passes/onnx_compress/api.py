@@ -25,11 +25,16 @@ from onnx_compress.calibration.stats import ActivationStats, collect_stats, matm
 from onnx_compress.errors import CalibrationDataError, VerificationError
 from onnx_compress.recipe import (
     DEFAULT_RECIPE,
+    ActCalib,
+    Awq,
     PassContext,
     ProgressFactory,
     QuantizeWeights,
     Recipe,
+    Smooth,
     Sparsify,
+    WeightFormat,
+    WeightScheme,
     needs_calibration,
 )
 from onnx_compress.report import Report, build_report
@@ -46,6 +51,7 @@ StatsSource = ActivationStats | str | os.PathLike[str]
 """Activation statistics, or the .npz file that caches them."""
 
 _VERIFY_SAMPLES = 4
+HISTOGRAM_BINS = 16384  # |x| histogram per activation for percentile / entropy ranges (w8a8)
 _CHECK_SAMPLES = 4  # calibration samples AWQ checks its fold on and evaluates attention blocks on
 
 
@@ -86,6 +92,8 @@ class _Inputs:
     feeds: list[Mapping[str, np.ndarray]]  # verification (and layer-input capture) samples
     stats: ActivationStats | None  # activation statistics for steps that need calibration
     check: tuple[Mapping[str, np.ndarray], ...]  # samples to check folds on
+    samples: Sequence[Mapping[str, np.ndarray]] | None = None  # kept for a second calibration pass
+    progress: ProgressFactory | None = None
 
 
 def _run_passes(
@@ -101,6 +109,23 @@ def _run_passes(
     for i, step in enumerate(recipe.steps):
         if isinstance(step, QuantizeWeights):  # its layer inputs as it sees them
             context = dataclasses.replace(context, layer_inputs=_layer_inputs(model, recipe, inputs.feeds))
+            if _recalibrate(recipe):  # static activation ranges of the rescaled model
+                if inputs.samples is None:
+                    raise CalibrationDataError(
+                        "w8a8 after smoothing measures its activation ranges on the smoothed model: it needs "
+                        "calibration samples (--calib-data / --calib-text), not only saved statistics"
+                    )
+                start = time.perf_counter()
+                stats = collect_stats(
+                    model,
+                    inputs.samples,
+                    _statistics_keys(model, recipe, activations_only=True),
+                    progress=inputs.progress,
+                    total=len(inputs.samples),
+                    histogram_bins=_histogram_bins(recipe),
+                )
+                logger.info("activation ranges measured on the rescaled model in %.1f s", time.perf_counter() - start)
+                context = dataclasses.replace(context, activation_stats=stats)
         passes = recipe.build_passes(context, steps=(step,))
         if i == last_calibrated:
             context = dataclasses.replace(context, activation_stats=None)
@@ -210,6 +235,7 @@ def _statistics(
         seed=awq.seed if awq is not None else 0,
         progress=progress,
         total=total,
+        histogram_bins=_histogram_bins(recipe),
     )
     logger.info("calibration statistics collected in %.1f s", time.perf_counter() - start)
     if path is not None:
@@ -218,14 +244,41 @@ def _statistics(
     return collected, keep.kept
 
 
-def _statistics_keys(model: ir.Model, recipe: Recipe) -> list[str]:
-    """The activations the calibrated steps read: every MatMul/Gemm input (AWQ), plus the
-    inputs of weights reached through Transpose/Cast chains (wanda)."""
-    keys = set(matmul_activations(model))
-    if recipe.sparsify is not None:
-        from onnx_compress.sparsity.prune import activation_keys
+def _recalibrate(recipe: Recipe) -> bool:
+    """w8a8 after a step that rescales activations (smooth, AWQ): ranges measured again."""
+    q = recipe.quantize
+    return q is not None and q.scheme is WeightScheme.W8A8 and any(isinstance(s, Smooth | Awq) for s in recipe.steps)
 
-        keys |= set(activation_keys(model.graph))
+
+def _histogram_bins(recipe: Recipe) -> int:
+    q = recipe.quantize
+    if q is not None and q.scheme is WeightScheme.W8A8 and q.act_calib is not ActCalib.MINMAX:
+        return HISTOGRAM_BINS
+    return 0
+
+
+def _statistics_keys(model: ir.Model, recipe: Recipe, activations_only: bool = False) -> list[str]:
+    """The activations the calibrated steps read: every MatMul/Gemm input (AWQ, smoothing), the
+    inputs of weights reached through Transpose/Cast chains (wanda), and for w8a8 the whole
+    inputs (and, for qlinear, outputs) of the layers."""
+    keys: set[str] = set()
+    if not activations_only:
+        keys |= set(matmul_activations(model))
+        if recipe.sparsify is not None:
+            from onnx_compress.sparsity.prune import activation_keys
+
+            keys |= set(activation_keys(model.graph))
+    q = recipe.quantize
+    if q is not None and q.scheme is WeightScheme.W8A8:
+        from onnx_compress.quantize.sites import find_sites
+        from onnx_compress.quantize.w8a8 import activation_key, output_key
+
+        for site in find_sites(model.graph):
+            for use in site.uses:
+                keys.add(activation_key(use) or "")
+                if q.resolved_format is WeightFormat.QLINEAR:
+                    keys.add(output_key(use) or "")
+        keys.discard("")
     return sorted(keys)
 
 
@@ -240,6 +293,8 @@ def _inputs(
     seen: list[Mapping[str, np.ndarray]] = []
     if isinstance(calibration, TextCalibration):
         calibration = calibration.for_model(model)
+    elif calibration is not None and _recalibrate(recipe) and not isinstance(calibration, Sequence):
+        calibration = list(calibration)  # read twice: statistics, then ranges after smoothing
     if recipe.needs_calibration:
         activation_stats, seen = _statistics(model, recipe, calibration, stats, progress)
     q = recipe.quantize
@@ -257,7 +312,8 @@ def _inputs(
         first = seen or (list(itertools.islice(iter(calibration), _CHECK_SAMPLES)) if calibration is not None else [])
         fallback = feeds or [random_inputs(model, seed=v.seed, batch=v.batch, sequence=v.sequence)]
         check = tuple((first or fallback)[:_CHECK_SAMPLES])
-    return _Inputs(feeds, activation_stats, check)
+    samples = calibration if _recalibrate(recipe) and isinstance(calibration, Sequence) else None
+    return _Inputs(feeds, activation_stats, check, samples, progress)
 
 
 def compress(

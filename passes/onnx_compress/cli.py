@@ -19,11 +19,13 @@ from onnx_compress.errors import OnnxCompressError, OutputPathError, RecipeError
 from onnx_compress.recipe import (
     DEFAULT_RECIPE,
     AccuracyLevel,
+    ActCalib,
     AttentionTarget,
     Awq,
     FuseAttention,
     QuantizeWeights,
     Recipe,
+    Smooth,
     Sparsify,
     SparsityMethod,
     Verify,
@@ -56,6 +58,10 @@ examples:
   onnx-compress model.onnx out.onnx --sparsify 2:4 --calib-text docs/ --tokenizer tokenizer.json
       2:4 sparsity along each weight's reduction axis, mask by Wanda on the calibration text
       (magnitude without calibration data), annotated for TensorRT, then INT8 (keeps the zeros)
+  onnx-compress model.onnx out.onnx --quantize w8a8 --smooth 0.5 --calib-text docs/ --tokenizer tokenizer.json
+      static INT8 activations (per tensor, 99.99th percentile) and INT8 weights as QDQ pairs
+      around each MatMul (ORT CPU fuses them; TensorRT's explicit quantization), after
+      SmoothQuant moved the activation outliers into the weights (--format qlinear: QLinearMatMul)
   onnx-compress check-sparsity model.onnx [--json]
       recompute every weight's 2:4 pattern and compare it with the annotations
   onnx-compress model.onnx out.onnx --exclude 'lm_head|embed' --report report.json
@@ -88,6 +94,9 @@ _STEP_FLAGS = (
     "fuse_attention",
     "no_quantize",
     "awq",
+    "act_calib",
+    "percentile",
+    "smooth",
     "sparsify",
     "sparsify_method",
     "sparsify_min_dim",
@@ -186,6 +195,22 @@ def _parser() -> argparse.ArgumentParser:
         choices=[int(a) for a in AccuracyLevel],
         default=None,
         help="MatMulNBits accuracy_level (default 4: int8 activations, ORT CPU's fast path)",
+    )
+    w = p.add_argument_group("w8a8 (static int8 activations; needs calibration data)")
+    w.add_argument(
+        "--act-calib",
+        choices=[c.value for c in ActCalib],
+        default=None,
+        help="activation range rule: minmax, percentile (default, 99.99) or entropy (TensorRT's KL)",
+    )
+    w.add_argument("--percentile", type=float, default=None, metavar="P", help="percentile of |x| (default 99.99)")
+    w.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="SmoothQuant: move activation outliers into the weights, s = max|x|^a / max|w|^(1-a) "
+        "(0.5 typical; folded into the producers, checked on the float model)",
     )
     a = p.add_argument_group("attention")
     a.add_argument(
@@ -335,6 +360,10 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
             fields["min_dim"] = given["min_dim"]
         if "accuracy_level" in given:
             fields["accuracy_level"] = AccuracyLevel(given["accuracy_level"])
+        if "act_calib" in given:
+            fields["act_calib"] = ActCalib(given["act_calib"])
+        if "percentile" in given:
+            fields["percentile"] = given["percentile"]
         steps: list[Any] = []
         sparsify_flags = [k for k in ("sparsify_method", "sparsify_min_dim", "sparsify_exclude") if k in given]
         if "sparsify" in given:
@@ -349,6 +378,8 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         elif sparsify_flags:
             flags = ", ".join("--" + k.replace("_", "-") for k in sparsify_flags)
             raise RecipeError(f"{flags} only apply with --sparsify 2:4")
+        if "smooth" in given:
+            steps.append(Smooth(alpha=given["smooth"]))
         if given.get("awq"):
             if given.get("no_quantize"):
                 raise RecipeError("--awq prepares weights for quantization; it cannot be combined with --no-quantize")
@@ -363,7 +394,7 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
                 flags = ", ".join(
                     "--" + k.replace("_", "-")
                     for k in given
-                    if k not in (*_ATTENTION_FLAGS, "awq") and not k.startswith("sparsify")
+                    if k not in (*_ATTENTION_FLAGS, "awq", "smooth") and not k.startswith("sparsify")
                 )
                 raise RecipeError(f"{flags} cannot be combined with --no-quantize")
         else:
@@ -491,7 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from onnx_compress.api import compress_file  # heavy imports only when there is work
 
         if args.calib_stats is not None and not recipe.needs_calibration:
-            raise RecipeError("--calib-stats only applies with a step that calibrates (--awq, --sparsify with wanda)")
+            raise RecipeError(
+                "--calib-stats only applies with a step that calibrates (--awq, --smooth, --quantize w8a8, "
+                "--sparsify with wanda)"
+            )
         report = compress_file(
             args.input,
             args.output,

@@ -25,11 +25,13 @@ __all__ = [
     "NEEDS_CALIBRATION",
     "STEP_ORDER",
     "AccuracyLevel",
+    "ActCalib",
     "AttentionTarget",
     "Awq",
     "FuseAttention",
     "QuantizeWeights",
     "Recipe",
+    "Smooth",
     "SparsityMethod",
     "Sparsify",
     "Step",
@@ -64,10 +66,11 @@ class WeightScheme(enum.Enum):
     INT8 = "int8"  # symmetric, scale = max|w| / 127 (numerics/int8.py)
     INT4 = "int4"  # blockwise, ORT-exact symmetric or asymmetric (numerics/int4.py)
     NF4 = "nf4"  # bitsandbytes-exact NormalFloat4, absmax per block (numerics/nf4.py)
+    W8A8 = "w8a8"  # int8 per-channel weights and static per-tensor int8 activations (numerics/activation.py)
 
     @property
     def four_bit(self) -> bool:
-        return self is not WeightScheme.INT8
+        return self in (WeightScheme.INT4, WeightScheme.NF4)
 
 
 class WeightFormat(enum.Enum):
@@ -77,6 +80,15 @@ class WeightFormat(enum.Enum):
     MATMULNBITS = "matmulnbits"  # com.microsoft.MatMulNBits: ORT's fused weight-only kernel
     CUSTOM = "custom"  # onnx_compress.NF4MatMul / Int8MatMul: our runtime library (runtime_ops/)
     BNB4 = "bnb4"  # com.microsoft.MatMulBnb4: stock ORT's NF4 op (B as [N, K])
+    QLINEAR = "qlinear"  # w8a8: QuantizeLinear -> QLinearMatMul -> DequantizeLinear (ORT CPU)
+
+
+class ActCalib(enum.Enum):
+    """How a static activation range is read from the calibration statistics."""
+
+    MINMAX = "minmax"  # the largest |x| seen
+    PERCENTILE = "percentile"  # the given percentile of |x| (default 99.99)
+    ENTROPY = "entropy"  # TensorRT's KL-divergence threshold
 
 
 _FORMATS: Mapping[WeightScheme, tuple[WeightFormat, ...]] = types.MappingProxyType(
@@ -84,13 +96,20 @@ _FORMATS: Mapping[WeightScheme, tuple[WeightFormat, ...]] = types.MappingProxyTy
         WeightScheme.INT8: (WeightFormat.QDQ, WeightFormat.MATMULNBITS, WeightFormat.CUSTOM),
         WeightScheme.INT4: (WeightFormat.QDQ, WeightFormat.MATMULNBITS),
         WeightScheme.NF4: (WeightFormat.CUSTOM, WeightFormat.BNB4),
+        WeightScheme.W8A8: (WeightFormat.QDQ, WeightFormat.QLINEAR),
     }
 )
 """Formats each scheme can be written in; the first is the default."""
 
 _DEFAULT_BLOCK: Mapping[WeightScheme, int] = types.MappingProxyType(
-    {WeightScheme.INT8: 0, WeightScheme.INT4: 128, WeightScheme.NF4: 64}
+    {WeightScheme.INT8: 0, WeightScheme.INT4: 128, WeightScheme.NF4: 64, WeightScheme.W8A8: 0}
 )
+
+
+W8A8_TOLERANCE = 0.25
+"""Verification bound for w8a8 (relative L2 error of each output): static per-tensor int8
+activations add their own rounding and clipping to the weights' (docs/accuracy.md#w8a8 has the
+measured values); a layout or scale-axis bug still gives errors of order 100%."""
 
 
 class AccuracyLevel(enum.IntEnum):
@@ -141,7 +160,10 @@ class QuantizeWeights:
         accuracy_level: MatMulNBits' accuracy_level (only used with that format). The default 4
             is ORT CPU's fast path; without it 8-bit MatMulNBits is 40-60x slower than fp32 on CPU.
         max_layer_error: if set, a layer whose relative output error (on the verification or
-            calibration inputs) exceeds it falls back to int8, and then to float.
+            calibration inputs) exceeds it falls back to int8 (w8a8: to weight-only int8), and
+            then to float.
+        act_calib: w8a8 only: how each activation's static range is found (percentile default).
+        percentile: w8a8 with ``act_calib = percentile``: the percentile of |x| (default 99.99).
     """
 
     KIND: ClassVar[str] = "quantize"
@@ -156,6 +178,8 @@ class QuantizeWeights:
     min_dim: int = 16
     accuracy_level: AccuracyLevel = AccuracyLevel.INT8
     max_layer_error: float | None = None
+    act_calib: ActCalib = ActCalib.PERCENTILE
+    percentile: float = 99.99
 
     def __post_init__(self) -> None:
         scheme = self.scheme
@@ -189,6 +213,12 @@ class QuantizeWeights:
             raise RecipeError("int8 layer patterns only apply to 4-bit schemes (int4, nf4)")
         if self.min_dim < 1:
             raise RecipeError(f"min_dim must be >= 1, got {self.min_dim}")
+        if scheme is WeightScheme.W8A8 and block != 0:
+            raise RecipeError(f"w8a8 weights are per output channel (block_size 0), got block_size {block}")
+        if not 0 < self.percentile <= 100:
+            raise RecipeError(f"percentile must be in (0, 100], got {self.percentile}")
+        if scheme is not WeightScheme.W8A8 and (self.act_calib is not ActCalib.PERCENTILE or self.percentile != 99.99):
+            raise RecipeError(f"act_calib and percentile only apply to w8a8 (static activations), not {scheme.value}")
         if self.max_layer_error is not None and not (
             0 < self.max_layer_error < 1 and math.isfinite(self.max_layer_error)
         ):
@@ -223,6 +253,11 @@ class QuantizeWeights:
         return f"{self.scheme.value}/{granularity}{extra}"
 
     @property
+    def needs_calibration(self) -> bool:
+        """w8a8 reads static activation ranges from calibration statistics."""
+        return self.scheme is WeightScheme.W8A8
+
+    @property
     def verify_tolerance(self) -> float:
         """Default bound on the relative L2 error of the model's outputs for this scheme.
 
@@ -238,12 +273,26 @@ class QuantizeWeights:
         block 128: 10.3%); whole models measure FOUR_BIT_MEASURED (docs/accuracy.md). The
         bound is set at 50%: still half of what a layout bug gives (>= 100%).
         """
+        if self.scheme is WeightScheme.W8A8:
+            return W8A8_TOLERANCE
         return 0.50 if self.scheme.four_bit else 0.10
 
     def build(self, context: PassContext) -> list[ir.passes.PassBase]:
         from onnx_compress.quantize.weights import QuantizeWeightsPass
 
-        return [QuantizeWeightsPass(self, progress=context.progress, layer_inputs=context.layer_inputs)]
+        if self.needs_calibration and context.activation_stats is None:
+            raise RecipeError(
+                "w8a8 needs calibration data for its activation ranges: --calib-data FILE|DIR (.npz model "
+                "inputs), --calib-text FILE|DIR with --tokenizer tokenizer.json, or --calib-stats FILE"
+            )
+        return [
+            QuantizeWeightsPass(
+                self,
+                progress=context.progress,
+                layer_inputs=context.layer_inputs,
+                activation_stats=context.activation_stats if self.needs_calibration else None,
+            )
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +413,42 @@ class Sparsify:
         return [SparsifyPass(self, context.activation_stats)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Smooth:
+    """SmoothQuant scale migration before static INT8 activations (w8a8).
+
+    Per group of linears reading one activation (the AWQ groups), per input channel
+    ``s = max|x|^alpha / max|w|^(1 - alpha)`` (``max|w|`` over the group's weights' rows); ``x``
+    is divided by ``s`` (folded into the producer with AWQ's fold machinery, checked on the float
+    model) and the weights' rows multiplied by it: the activation outliers move into the weights,
+    which are quantized per channel.
+
+    Attributes:
+        alpha: migration strength in [0, 1] (SmoothQuant: 0.5 for most models, up to 0.8-0.9 for
+            models with strong outliers).
+    """
+
+    KIND: ClassVar[str] = "smooth"
+
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.alpha <= 1.0 and math.isfinite(self.alpha)):
+            raise RecipeError(f"smooth alpha must be in [0, 1], got {self.alpha}")
+
+    def build(self, context: PassContext) -> list[ir.passes.PassBase]:
+        from onnx_compress.awq.smooth import SmoothPass
+
+        if context.quantize is None or context.quantize.scheme is not WeightScheme.W8A8:
+            raise RecipeError("step 'smooth' prepares static int8 activations: it needs a w8a8 quantize step")
+        if context.activation_stats is None:
+            raise RecipeError(
+                "step 'smooth' needs calibration data: --calib-data FILE|DIR (.npz model inputs), "
+                "--calib-text FILE|DIR with --tokenizer tokenizer.json, or --calib-stats FILE"
+            )
+        return [SmoothPass(self, context.activation_stats, context.quantize, check_inputs=context.check_inputs)]
+
+
 class AttentionTarget(enum.Enum):
     """Where the fused model will run: decides which attention op each block becomes."""
 
@@ -391,20 +476,21 @@ class FuseAttention:
         return [FuseAttentionPass(self.target)]
 
 
-Step: TypeAlias = Awq | FuseAttention | QuantizeWeights | Sparsify
+Step: TypeAlias = Awq | FuseAttention | QuantizeWeights | Smooth | Sparsify
 """Union of every step type (grows as passes are added)."""
 
 STEP_TYPES: Mapping[str, type[Step]] = types.MappingProxyType(
     {
         Sparsify.KIND: Sparsify,
         Awq.KIND: Awq,
+        Smooth.KIND: Smooth,
         FuseAttention.KIND: FuseAttention,
         QuantizeWeights.KIND: QuantizeWeights,
     }
 )
 
 STEP_ORDER: Mapping[type[Step], int] = types.MappingProxyType(
-    {Sparsify: 3, Awq: 5, FuseAttention: 10, QuantizeWeights: 100}
+    {Sparsify: 3, Awq: 5, Smooth: 6, FuseAttention: 10, QuantizeWeights: 100}
 )
 """Where each step may stand: steps must appear in non-decreasing rank, each kind at most once.
 Steps that read calibration statistics come first (the statistics are collected on the input
@@ -412,15 +498,16 @@ model, so the values they name must still be there: AWQ before attention fusion 
 attention output), then graph restructuring, quantization last. Pruning comes before AWQ and
 quantization: prune first, then quantize (symmetric INT8 keeps the zeros), never the reverse."""
 
-NEEDS_CALIBRATION: tuple[type[Step], ...] = (Awq, Sparsify)
+NEEDS_CALIBRATION: tuple[type[Step], ...] = (Awq, Smooth, Sparsify, QuantizeWeights)
 """Steps that may need activation statistics on calibration data (see :func:`needs_calibration`)."""
 
 
 def needs_calibration(step: Step) -> bool:
-    """Whether ``step`` reads activation statistics (AWQ always; sparsify with wanda)."""
-    if isinstance(step, Sparsify):
+    """Whether ``step`` reads activation statistics (AWQ and smoothing always; sparsify with
+    wanda; quantize with w8a8)."""
+    if isinstance(step, Sparsify | QuantizeWeights):
         return step.needs_calibration
-    return isinstance(step, Awq)
+    return isinstance(step, Awq | Smooth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,6 +580,13 @@ class Recipe:
                 raise RecipeError(f"step '{cls.KIND}' must come before {', '.join(repr(k) for k in earlier)}")
             seen.add(cls)
             last_rank = rank
+        q = self.quantize
+        if any(isinstance(s, Smooth) for s in self.steps) and (q is None or q.scheme is not WeightScheme.W8A8):
+            raise RecipeError(
+                "step 'smooth' (SmoothQuant) prepares static int8 activations: it needs a w8a8 quantize step after it"
+            )
+        if any(isinstance(s, Smooth) for s in self.steps) and any(isinstance(s, Awq) for s in self.steps):
+            raise RecipeError("use either 'awq' or 'smooth': both rescale the same weights for different goals")
         if any(isinstance(s, Awq) for s in self.steps) and self.quantize is None:
             raise RecipeError(
                 "step 'awq' needs a 'quantize' step after it (AWQ prepares weights for quantization; "

@@ -78,7 +78,7 @@ def test_every_step_type_has_an_order_rank() -> None:
     [
         (
             "[[steps]]\nkind = 'prune'\n",
-            "steps[0] has unknown kind 'prune'; known: sparsify, awq, fuse_attention, quantize",
+            "steps[0] has unknown kind 'prune'; known: sparsify, awq, smooth, fuse_attention, quantize",
         ),
         ("[[steps]]\nscheme = 'int8'\n", "steps[0] needs a 'kind'"),
         (

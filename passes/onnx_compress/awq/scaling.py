@@ -27,7 +27,7 @@ Per group the pass records the ratio, the loss of RTN and with AWQ on the sample
 
 from __future__ import annotations
 
-__all__ = ["FOLD_TOLERANCE", "AwqPass", "feeds_attention_scores"]
+__all__ = ["FOLD_TOLERANCE", "AwqPass", "check_fold", "feeds_attention_scores", "reference_outputs"]
 
 import dataclasses
 import logging
@@ -330,7 +330,7 @@ class AwqPass(ir.passes.InPlacePass):
 
         # 3. check the fold on the float model
         if expected:
-            self._check_fold(expected, model)
+            check_fold(model, self.check_inputs, expected, "AWQ", "--awq")
             del expected
 
         lap("fold and fold check")
@@ -380,25 +380,40 @@ class AwqPass(ir.passes.InPlacePass):
         logger.info("awq: %d groups, %d scaled, %d kept RTN scales", len(out), scaled, len(out) - scaled)
         return ir.passes.PassResult(model, modified=True)
 
-    def _check_fold(self, expected: Sequence[Mapping[str, np.ndarray]], model: ir.Model) -> None:
-        got = _run_outputs(model, self.check_inputs[: len(expected)])
-        worst, where = 0.0, ""
-        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
-            for name, ref in e.items():
-                if not np.issubdtype(ref.dtype, np.floating):
-                    continue
-                err = _rel_error(g[name], ref)
-                if not np.isfinite(err) or err > worst:
-                    worst, where = err, f"output '{name}' on check input {i}"
-        dtypes = {v.dtype for v in model.graph.outputs if v.dtype in FOLD_TOLERANCE}
-        tol = max((FOLD_TOLERANCE[d] for d in dtypes), default=FOLD_TOLERANCE[ir.DataType.FLOAT])
-        logger.info("awq fold check: float model after folding vs before, max relative error %.3g", worst)
-        if not worst <= tol:
-            raise VerificationError(
-                f"AWQ fold check failed: the float model after folding the scales differs from the input by "
-                f"{worst:.3g} (relative, {where}); the bound is {tol:g}. This is a bug in onnx-compress, "
-                "please report it; without --awq the model quantizes as usual"
-            )
+
+def reference_outputs(model: ir.Model, check_inputs: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The model's outputs on the first check inputs: the fold check's reference."""
+    return _run_outputs(model, check_inputs[:_FOLD_CHECK_SAMPLES])
+
+
+def check_fold(
+    model: ir.Model,
+    check_inputs: Sequence[Mapping[str, np.ndarray]],
+    expected: Sequence[Mapping[str, np.ndarray]],
+    what: str,
+    flag: str,
+) -> float:
+    """Raise unless the float model after folding reproduces ``expected`` (its outputs before)
+    within :data:`FOLD_TOLERANCE`; return the worst relative error."""
+    got = _run_outputs(model, check_inputs[: len(expected)])
+    worst, where = 0.0, ""
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        for name, ref in e.items():
+            if not np.issubdtype(ref.dtype, np.floating):
+                continue
+            err = _rel_error(g[name], ref)
+            if not np.isfinite(err) or err > worst:
+                worst, where = err, f"output '{name}' on check input {i}"
+    dtypes = {v.dtype for v in model.graph.outputs if v.dtype in FOLD_TOLERANCE}
+    tol = max((FOLD_TOLERANCE[d] for d in dtypes), default=FOLD_TOLERANCE[ir.DataType.FLOAT])
+    logger.info("%s fold check: float model after folding vs before, max relative error %.3g", what.lower(), worst)
+    if not worst <= tol:
+        raise VerificationError(
+            f"{what} fold check failed: the float model after folding the scales differs from the input by "
+            f"{worst:.3g} (relative, {where}); the bound is {tol:g}. This is a bug in onnx-compress, "
+            f"please report it; without {flag} the model quantizes as usual"
+        )
+    return worst
 
 
 def _block_peak(w: np.ndarray, block_size: int) -> np.ndarray:

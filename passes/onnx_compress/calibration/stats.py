@@ -7,7 +7,10 @@ intermediate values added as outputs, and reduces each to per-channel statistics
 * ``mean_abs`` (AWQ's x_mean), ``max_abs`` (SmoothQuant), ``sq_sum`` (Wanda's ||X||_2 is its
   square root), the per-tensor ``min`` / ``max`` (static activation ranges), the row count;
 * optionally a uniform random sample of at most ``rows`` rows (reservoir sampling, seeded), for
-  passes that evaluate a layer's output on real inputs (AWQ's loss).
+  passes that evaluate a layer's output on real inputs (AWQ's loss);
+* optionally a histogram of ``|x|`` over the whole tensor (``histogram_bins`` equal bins on
+  ``[0, histogram_max]``; when a sample exceeds the range, the range doubles and neighbouring
+  bins merge, so memory stays fixed), for percentile and entropy activation ranges (W8A8).
 
 Memory is bounded by the statistics and the row reservoirs, independent of the number of
 samples; raw activations of the whole set are never kept. The result is keyed by value name and
@@ -59,12 +62,21 @@ class ChannelStats:
     maximum: float
     count: int  # rows
     rows: np.ndarray | None = None  # [R, C] float32 sample of rows, R <= the requested size
+    histogram: np.ndarray | None = None  # [B] counts of |x| in B equal bins on [0, histogram_max]
+    histogram_max: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _FIELDS:
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         if self.rows is not None:
             object.__setattr__(self, "rows", _frozen(self.rows, np.float32))
+        if self.histogram is not None:
+            object.__setattr__(self, "histogram", _frozen(self.histogram))
+
+    @property
+    def amax(self) -> float:
+        """max |x| over the tensor."""
+        return max(abs(self.minimum), abs(self.maximum))
 
     @property
     def l2(self) -> np.ndarray:
@@ -100,6 +112,9 @@ class ActivationStats:
             arrays[f"{name}/range"] = np.asarray([s.minimum, s.maximum, s.count], np.float64)
             if s.rows is not None:
                 arrays[f"{name}/rows"] = s.rows
+            if s.histogram is not None:
+                arrays[f"{name}/histogram"] = s.histogram
+                arrays[f"{name}/histogram_max"] = np.asarray(s.histogram_max, np.float64)
         tmp = Path(f"{os.fspath(path)}.tmp-{os.getpid()}")
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
@@ -133,6 +148,8 @@ class ActivationStats:
                 maximum=float(maximum),
                 count=int(count),
                 rows=arrays.get(f"{name}/rows"),
+                histogram=arrays.get(f"{name}/histogram"),
+                histogram_max=float(arrays.get(f"{name}/histogram_max", 0.0)),
             )
         return cls(values, meta[1], int(meta[2]))
 
@@ -163,8 +180,33 @@ def matmul_activations(model: ir.Model) -> list[str]:
     return sorted(_key(name, t) for name, orientations in _wanted(model).items() for t in orientations)
 
 
+class _Histogram:
+    """Counts of |x| in ``bins`` equal bins on [0, top]; the range doubles (pairs of bins merge)
+    whenever a sample exceeds it."""
+
+    def __init__(self, bins: int) -> None:
+        self.counts = np.zeros(bins, np.float64)
+        self.top = 0.0
+
+    def add(self, a: np.ndarray) -> None:
+        amax = float(a.max()) if a.size else 0.0
+        if amax <= 0.0 and self.top == 0.0:
+            self.counts[0] += a.size
+            return
+        if self.top == 0.0:
+            self.top = amax
+        bins = len(self.counts)
+        while amax > self.top:
+            merged = self.counts.reshape(-1, 2).sum(axis=1)
+            self.counts = np.concatenate([merged, np.zeros(bins - len(merged))])
+            self.top *= 2.0
+        index = np.minimum((a * np.float32(bins / self.top)).astype(np.int64), bins - 1)
+        self.counts += np.bincount(index.reshape(-1), minlength=bins)
+
+
 class _Accumulator:
-    def __init__(self, channels: int, rows: int, rng: np.random.Generator) -> None:
+    def __init__(self, channels: int, rows: int, rng: np.random.Generator, histogram_bins: int = 0) -> None:
+        self.histogram = _Histogram(histogram_bins) if histogram_bins else None
         self.abs_sum = np.zeros(channels, np.float64)
         self.max_abs = np.zeros(channels, np.float64)
         self.sq_sum = np.zeros(channels, np.float64)
@@ -175,6 +217,8 @@ class _Accumulator:
     def add(self, x: np.ndarray) -> None:
         x64 = x.astype(np.float64)
         a = np.abs(x64)
+        if self.histogram is not None:
+            self.histogram.add(np.abs(x.astype(np.float32)))
         self.abs_sum += a.sum(axis=0)
         self.max_abs = np.maximum(self.max_abs, a.max(axis=0))
         self.sq_sum += np.einsum("rc,rc->c", x64, x64)
@@ -212,6 +256,8 @@ class _Accumulator:
             maximum=float(self.maximum),
             count=self.count,
             rows=rows,
+            histogram=self.histogram.counts if self.histogram is not None else None,
+            histogram_max=self.histogram.top if self.histogram is not None else 0.0,
         )
 
 
@@ -227,9 +273,11 @@ def collect_stats(
     seed: int = 0,
     progress: Progress | None = None,
     total: int | None = None,
+    histogram_bins: int = 0,
 ) -> ActivationStats:
     """Statistics of ``keys`` (default: every MatMul/Gemm activation, :func:`matmul_activations`)
-    over ``samples``; ``rows`` > 0 keeps a uniform sample of that many rows per key.
+    over ``samples``; ``rows`` > 0 keeps a uniform sample of that many rows per key;
+    ``histogram_bins`` > 0 keeps a histogram of |x| per key (a power of two).
 
     ``progress`` wraps the sample iterator (tqdm's signature: ``progress(it, total=, desc=)``).
     Every sample is checked against the model's inputs first; no sample is an error."""
@@ -266,7 +314,9 @@ def collect_stats(
                     x = np.swapaxes(x, -1, -2)
                 x = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
                 if key not in acc:
-                    acc[key] = _Accumulator(x.shape[1], rows, np.random.default_rng(rng.integers(2**63)))
+                    acc[key] = _Accumulator(
+                        x.shape[1], rows, np.random.default_rng(rng.integers(2**63)), histogram_bins
+                    )
                 elif acc[key].abs_sum.shape[0] != x.shape[1]:
                     raise CalibrationDataError(
                         f"calibration sample {count}: '{key}' has {x.shape[1]} channels, earlier samples "

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from onnx_compress.ir_utils import NameScope, first_consumer, tensor_shape
 from onnx_compress.quantize.encode import Encoded
 from onnx_compress.quantize.sites import Site, Use, UseKind
+from onnx_compress.quantize.w8a8 import ActivationRanges, emit_w8a8
 from onnx_compress.recipe import AccuracyLevel, WeightFormat, WeightScheme
 
 CUSTOM_DOMAIN = "onnx_compress"
@@ -47,12 +48,29 @@ def _initializer(
     return value
 
 
-def emit(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded, accuracy_level: AccuracyLevel) -> int:
+def emit(
+    graph: ir.Graph,
+    names: NameScope,
+    site: Site,
+    enc: Encoded,
+    accuracy_level: AccuracyLevel,
+    ranges: ActivationRanges | None = None,
+) -> int:
     """Rewire ``site``'s consumers to the encoded weight; returns the bytes of the new initializers.
 
     The stored weight (``q`` of QDQ, ``B`` of the fused ops) inherits the float weight's
     ``onnx_compress.*`` tensor annotations (2:4 sparsity: symmetric quantization keeps zeros)."""
     target = enc.target
+    if target.scheme is WeightScheme.W8A8:
+        if ranges is None:
+            raise ValueError("w8a8 needs activation ranges")  # the pass always passes them
+        nbytes = 0
+        if target.format is WeightFormat.QDQ:
+            nbytes = _emit_int8_qdq(graph, names, site, enc)
+        else:
+            nbytes = enc.nbytes + site.n  # + the zero points
+        emit_w8a8(graph, names, site, enc.arrays["q"], enc.arrays["scales"], target.format, ranges)
+        return nbytes
     if target.format is WeightFormat.QDQ:
         if target.scheme is WeightScheme.INT4:
             return _emit_int4_qdq(graph, names, site, enc)

@@ -169,6 +169,8 @@ def _encode_int8(site: Site, target: Target) -> Encoded:
 
     if target.format is WeightFormat.QDQ:
         return Encoded(target, {"q": q, "scales": scales}, err, deq)
+    if target.format is WeightFormat.QLINEAR:  # QLinearMatMul: the weight's own orientation (emit transposes)
+        return Encoded(target, {"q": q, "scales": scales}, err, deq)
     if target.format is WeightFormat.CUSTOM:
         b, s = int8.to_int8matmul(q, scales, axis, block)
         return Encoded(target, {"b": b, "scales": s}, err, deq)

@@ -32,12 +32,15 @@ import numpy as np
 import onnx_ir as ir
 
 from onnx_compress.calibration.layer_inputs import LayerInputs
+from onnx_compress.calibration.stats import ActivationStats
 from onnx_compress.errors import UnsupportedModelError
 from onnx_compress.ir_utils import NameScope, dtype_name, ensure_opset, remove_if_unused
+from onnx_compress.numerics import activation
 from onnx_compress.parallel import ordered_map
 from onnx_compress.quantize.emit import CUSTOM_DOMAIN, MS_DOMAIN, emit
 from onnx_compress.quantize.encode import Encoded, Target, encode, weight_kn
 from onnx_compress.quantize.sites import Site, UseKind, find_sites
+from onnx_compress.quantize.w8a8 import ActivationRanges, activation_key, output_key
 from onnx_compress.recipe import ProgressFactory, QuantizeWeights, WeightFormat, WeightScheme
 from onnx_compress.report import LayerRecord, add_records
 
@@ -48,6 +51,7 @@ SUPPORTED_DTYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16
 _OP_NAMES = {
     WeightFormat.MATMULNBITS: "MatMulNBits",
     WeightFormat.BNB4: "MatMulBnb4",
+    WeightFormat.QLINEAR: "QLinearMatMul",
 }
 
 
@@ -75,12 +79,21 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     """Quantize the constant weights of MatMul/Gemm nodes as configured by ``QuantizeWeights``."""
 
     def __init__(
-        self, config: QuantizeWeights, progress: ProgressFactory | None = None, layer_inputs: LayerInputs | None = None
+        self,
+        config: QuantizeWeights,
+        progress: ProgressFactory | None = None,
+        layer_inputs: LayerInputs | None = None,
+        activation_stats: ActivationStats | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.progress = progress
         self.layer_inputs = layer_inputs
+        self.ranges = (
+            ActivationRanges(activation_stats, config.act_calib, config.percentile)
+            if activation_stats is not None and config.scheme is WeightScheme.W8A8
+            else None
+        )
         self._exclude = [re.compile(p) for p in config.exclude_patterns if p]
         self._int8 = [re.compile(p) for p in config.int8_patterns if p]
 
@@ -97,6 +110,8 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         fmt = c.resolved_format
         if c.scheme is WeightScheme.INT8:
             return self._primary
+        if c.scheme is WeightScheme.W8A8:  # weight-only int8: the activations stay float
+            return Target(WeightScheme.INT8, WeightFormat.QDQ, 0)
         if fmt in (WeightFormat.MATMULNBITS, WeightFormat.CUSTOM):
             return Target(WeightScheme.INT8, fmt, c.resolved_block_size)
         return Target(WeightScheme.INT8, WeightFormat.QDQ, 0)
@@ -105,6 +120,16 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     def _infeasible(site: Site, target: Target) -> str | None:
         """Why ``site`` cannot take ``target`` (None if it can)."""
         rank = len(site.shape)
+        if target.format is WeightFormat.QLINEAR:
+            for use in site.uses:
+                node = use.node
+                c = node.inputs[2] if use.kind is UseKind.GEMM and len(node.inputs) > 2 else None
+                if (
+                    c is not None
+                    and ir.convenience.get_const_tensor(c) is None
+                    and node.attributes.get_float("beta", 1.0) != 1.0
+                ):
+                    return f"Gemm '{node.name}' has a computed C with beta != 1"
         if target.format is WeightFormat.QDQ:
             if target.scheme is WeightScheme.INT4 and rank != 2:
                 return f"int4 takes a 2-D weight, got rank {rank}"
@@ -132,6 +157,8 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             fallback = Target(WeightScheme.INT4, WeightFormat.QDQ, target.block_size, target.symmetric)
             if self._infeasible(site, fallback) is None:
                 return fallback, f"{why}: int4 QDQ instead"
+        if target.scheme is WeightScheme.W8A8:
+            return Target(WeightScheme.W8A8, WeightFormat.QDQ, 0), f"{why}: w8a8 QDQ instead"
         block = target.block_size if target.scheme is WeightScheme.INT8 else 0
         return Target(WeightScheme.INT8, WeightFormat.QDQ, block), f"{why}: int8 QDQ instead"
 
@@ -178,6 +205,11 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         if why is not None:
             logger.info("'%s': %s", site.name, why)
             note = why
+        if first.scheme is WeightScheme.W8A8 and self.ranges is not None:
+            missing = self.ranges.missing(site, first.format)
+            if missing is not None:
+                first, note = self._int8_target, f"{missing}: weight-only int8"
+                logger.info("'%s': %s", site.name, note)
         return first, note
 
     def target_for(self, site: Site) -> Target | None:
@@ -198,7 +230,11 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
                 skipped.append(self._skip_record(site, reason))
                 continue
             chain = [first]
-            if self.config.max_layer_error is not None and first.scheme.four_bit:
+            if self.config.max_layer_error is not None and first.scheme in (
+                WeightScheme.INT4,
+                WeightScheme.NF4,
+                WeightScheme.W8A8,
+            ):
                 chain.append(self._feasible(site, int8_target)[0])
             plans.append(_Plan(site, tuple(chain), note))
         return plans, skipped
@@ -227,8 +263,19 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             return None
         w = weight_kn(site)
         ref = x @ w
-        w -= enc.dequantize_kn()
-        err = x @ w
+        if enc.target.scheme is WeightScheme.W8A8 and self.ranges is not None:
+            # what the int8 kernels compute: fake-quantized activations (and outputs, qlinear)
+            use = site.uses[0]
+            key = activation_key(use)
+            assert key is not None  # _choice checked the ranges exist
+            got = activation.fake_quantize(x, self.ranges.scale(key)) @ enc.dequantize_kn()
+            out = output_key(use)
+            if enc.target.format is WeightFormat.QLINEAR and out is not None:
+                got = activation.fake_quantize(got, self.ranges.scale(out))
+            err = got - ref
+        else:
+            w -= enc.dequantize_kn()
+            err = x @ w
         denom = float(np.linalg.norm(ref))
         return float(np.linalg.norm(err)) / denom if denom > 0 else 0.0
 
@@ -273,7 +320,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
                 out_records.append(dataclasses.replace(self._skip_record(site, reason), fallback=reason))
                 continue
             enc = outcome.encoded
-            after = emit(graph, names, site, enc, self.config.accuracy_level)
+            after = emit(graph, names, site, enc, self.config.accuracy_level, self.ranges)
             if enc.target.format in (WeightFormat.MATMULNBITS, WeightFormat.BNB4):
                 used_domains.add(MS_DOMAIN)
             elif enc.target.format is WeightFormat.CUSTOM:
@@ -310,6 +357,10 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
 
     @staticmethod
     def _qdq_opset(target: Target, site: Site) -> int:
+        if target.scheme is WeightScheme.W8A8:  # per-axis DQ: 13; float16 scales: 19; QLinearMatMul fp16: 21
+            if site.dtype == ir.DataType.FLOAT:
+                return 13
+            return 21 if target.format is WeightFormat.QLINEAR else 19
         if target.format is not WeightFormat.QDQ:
             return 0
         if target.scheme is WeightScheme.INT4 or target.block_size or len(site.shape) != 2:

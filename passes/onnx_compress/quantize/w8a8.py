@@ -1,0 +1,224 @@
+"""W8A8: static per-tensor int8 activations in front of per-channel int8 weights.
+
+Two graph forms (numerics in :mod:`onnx_compress.numerics.activation`):
+
+* ``qdq`` (default; TensorRT's explicit quantization, which ORT CPU fuses into
+  ``MatMulIntegerToFloat`` / ``QLinearMatMul``): per activation one ``QuantizeLinear`` (int8, zero
+  point 0, per tensor), per consumer a ``DequantizeLinear`` feeding the MatMul/Gemm, and the
+  weight as ``DequantizeLinear(int8, scale[N], axis = output channel)``.
+* ``qlinear`` (ORT CPU): ``QuantizeLinear(x)`` (uint8, zero point 128: the symmetric grid shifted,
+  ORT's fast u8 x s8 path) -> ``QLinearMatMul`` with the int8 weight as [K, N] and its per-column
+  scales -> ``DequantizeLinear`` of the uint8 output, whose range comes from the calibration
+  statistics of the layer's output; a Gemm's bias is added after.
+
+Activation ranges are read per value from :class:`~onnx_compress.calibration.stats.ActivationStats`
+with the configured rule (minmax, percentile, entropy) once and shared by every consumer.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ActivationRanges", "activation_key", "emit_w8a8", "output_key"]
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnx_compress.calibration.stats import ActivationStats
+from onnx_compress.errors import CalibrationDataError
+from onnx_compress.ir_utils import NameScope
+from onnx_compress.numerics import activation
+from onnx_compress.quantize.sites import Site, Use, UseKind
+from onnx_compress.recipe import ActCalib, WeightFormat
+
+logger = logging.getLogger(__name__)
+
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def _activation_index(use: Use) -> int:
+    return 1 if use.kind is UseKind.MATMUL_LHS else 0
+
+
+def activation_key(use: Use) -> str | None:
+    """Statistics key of the activation a weight use reads (whole-tensor ranges: the
+    orientation does not matter, the plain value name is used)."""
+    value = use.node.inputs[_activation_index(use)]
+    return value.name if value is not None and value.name else None
+
+
+def output_key(use: Use) -> str | None:
+    value = use.node.outputs[0]
+    return value.name or None
+
+
+@dataclasses.dataclass
+class ActivationRanges:
+    """amax per activation (computed once), and the quantized activations already emitted."""
+
+    stats: ActivationStats
+    rule: ActCalib
+    percentile: float
+    _amax: dict[str, float] = dataclasses.field(default_factory=dict)
+    _quantized: dict[tuple[str, WeightFormat], ir.Value] = dataclasses.field(default_factory=dict)
+
+    def missing(self, site: Site, fmt: WeightFormat) -> str | None:
+        """Why ``site``'s activations (and outputs, for qlinear) have no range, if so."""
+        for use in site.uses:
+            value = use.node.inputs[_activation_index(use)]
+            if value is None or value.dtype not in _FLOATS:
+                return f"the input of '{use.node.name}' is not a float tensor"
+            keys = [("input", activation_key(use))]
+            if fmt is WeightFormat.QLINEAR:
+                keys.append(("output", output_key(use)))
+            for role, key in keys:
+                if key is None or key not in self.stats:
+                    return f"no calibration statistics for '{key}' (the {role} of '{use.node.name}')"
+        return None
+
+    def amax(self, key: str) -> float:
+        if key not in self._amax:
+            if key not in self.stats:
+                raise CalibrationDataError(f"the calibration statistics have no entry for '{key}'")
+            st = self.stats[key]
+            if self.rule is ActCalib.MINMAX:
+                value = st.amax
+            else:
+                if st.histogram is None:
+                    raise CalibrationDataError(
+                        f"the calibration statistics of '{key}' hold no histogram, needed for the "
+                        f"{self.rule.value} activation range: collect them again (a new --calib-stats file)"
+                    )
+                if self.rule is ActCalib.PERCENTILE:
+                    value = activation.amax_percentile(st.histogram, st.histogram_max, self.percentile)
+                else:
+                    value = activation.amax_entropy(st.histogram, st.histogram_max)
+                value = min(value, st.amax) if st.amax > 0 else value
+            self._amax[key] = float(value)
+        return self._amax[key]
+
+    def scale(self, key: str) -> float:
+        return float(activation.scale_from_amax(self.amax(key)))
+
+
+def _const(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:
+    name = names.fresh(base)
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def _quantized_activation(
+    graph: ir.Graph, names: NameScope, ranges: ActivationRanges, value: ir.Value, fmt: WeightFormat
+) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(quantized value, scale, zero point) of ``value``, emitting the QuantizeLinear once."""
+    assert value.name is not None and value.dtype is not None
+    cache_key = (value.name, fmt)
+    scale_dtype = value.dtype.numpy()
+    if cache_key not in ranges._quantized:
+        base = value.name
+        scale = _const(graph, names, f"{base}.act_scale", np.asarray(ranges.scale(value.name), scale_dtype))
+        zp_array = np.asarray(128, np.uint8) if fmt is WeightFormat.QLINEAR else np.asarray(0, np.int8)
+        zp = _const(graph, names, f"{base}.act_zero_point", zp_array)
+        q = ir.node("QuantizeLinear", [value, scale, zp], name=names.fresh(f"{base}.quantize"))
+        out = q.outputs[0]
+        out.name = names.fresh(f"{base}.quantized")
+        out.type = ir.TensorType(ir.DataType.UINT8 if fmt is WeightFormat.QLINEAR else ir.DataType.INT8)
+        out.shape = value.shape
+        producer = value.producer()
+        if producer is not None and producer.graph is graph:
+            graph.insert_after(producer, q)
+        else:  # a graph input: before every node
+            first = next(iter(graph), None)
+            if first is None:
+                graph.append(q)
+            else:
+                graph.insert_before(first, q)
+        ranges._quantized[cache_key] = out
+    out = ranges._quantized[cache_key]
+    producer = out.producer()
+    assert producer is not None
+    return out, producer.inputs[1], producer.inputs[2]  # type: ignore[return-value]
+
+
+def _emit_qdq_activations(graph: ir.Graph, names: NameScope, site: Site, ranges: ActivationRanges) -> None:
+    for use in site.uses:
+        index = _activation_index(use)
+        value = use.node.inputs[index]
+        assert value is not None
+        q, scale, zp = _quantized_activation(graph, names, ranges, value, WeightFormat.QDQ)
+        dq = ir.node(
+            "DequantizeLinear", [q, scale, zp], name=names.fresh(f"{use.node.name or 'matmul'}.act_dequantize")
+        )
+        dq.outputs[0].name = names.fresh(f"{value.name}.dequantized")
+        dq.outputs[0].type = value.type
+        dq.outputs[0].shape = value.shape
+        graph.insert_before(use.node, dq)
+        use.node.replace_input_with(index, dq.outputs[0])
+
+
+def _emit_qlinear(
+    graph: ir.Graph, names: NameScope, site: Site, q_kn: np.ndarray, scales_n: np.ndarray, ranges: ActivationRanges
+) -> None:
+    base = site.value.name or site.name
+    w = _const(graph, names, f"{base}.int8", np.ascontiguousarray(q_kn))
+    wzp = _const(graph, names, f"{base}.zero_point", np.zeros(site.n, np.int8))
+    for use in site.uses:
+        node = use.node
+        a = node.inputs[0]
+        assert a is not None and a.dtype is not None
+        dtype = a.dtype.numpy()
+        alpha = node.attributes.get_float("alpha", 1.0) if use.kind is UseKind.GEMM else 1.0
+        ws = _const(graph, names, f"{base}.scale", (scales_n.astype(np.float32) * np.float32(alpha)).astype(dtype))
+        xq, xs, xzp = _quantized_activation(graph, names, ranges, a, WeightFormat.QLINEAR)
+        old_out = node.outputs[0]
+        out_key = old_out.name
+        assert out_key is not None
+        ys = _const(graph, names, f"{out_key}.act_scale", np.asarray(ranges.scale(out_key), dtype))
+        yzp = _const(graph, names, f"{out_key}.act_zero_point", np.asarray(128, np.uint8))
+        name = names.fresh(f"{node.name or 'matmul'}.qlinear")
+        qmm = ir.node("QLinearMatMul", [xq, xs, xzp, w, ws, wzp, ys, yzp], name=name)
+        qmm.outputs[0].name = names.fresh(f"{out_key}.quantized")
+        qmm.outputs[0].type = ir.TensorType(ir.DataType.UINT8)
+        dq = ir.node("DequantizeLinear", [qmm.outputs[0], ys, yzp], name=names.fresh(f"{name}.dequantize"))
+        new_nodes = [qmm, dq]
+        result = dq.outputs[0]
+        c = node.inputs[2] if use.kind is UseKind.GEMM and len(node.inputs) > 2 else None
+        if c is not None:
+            beta = node.attributes.get_float("beta", 1.0)
+            c_tensor = ir.convenience.get_const_tensor(c)
+            if c_tensor is not None:
+                vec = (c_tensor.numpy().astype(np.float32) * np.float32(beta)).astype(dtype)
+                addend = _const(graph, names, f"{name}.bias", vec)
+            else:  # _infeasible keeps non-constant C with beta != 1 in QDQ form
+                addend = c
+            add = ir.node("Add", [result, addend], name=names.fresh(f"{name}.bias_add"))
+            result.type = old_out.type
+            new_nodes.append(add)
+            result = add.outputs[0]
+        result.type, result.shape = old_out.type, old_out.shape
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [old_out], [result])
+
+
+def emit_w8a8(
+    graph: ir.Graph,
+    names: NameScope,
+    site: Site,
+    q: np.ndarray,
+    scales: np.ndarray,
+    fmt: WeightFormat,
+    ranges: ActivationRanges,
+) -> None:
+    """Activation quantization for ``site``'s consumers, and the QLinearMatMul form (the QDQ
+    form's weight is emitted by the int8 QDQ emitter before this)."""
+    if fmt is WeightFormat.QLINEAR:
+        q_kn = q if site.reduction_axis == 0 else np.ascontiguousarray(q.T)
+        _emit_qlinear(graph, names, site, q_kn, np.asarray(scales).reshape(-1), ranges)
+    else:
+        _emit_qdq_activations(graph, names, site, ranges)
