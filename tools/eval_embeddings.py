@@ -10,6 +10,7 @@ neighbour among the others stays the same. The text hashes are printed with the 
     python -m tools.eval_embeddings                    # 256 sentences, nf4 b64 and int8 channel
     python -m tools.eval_embeddings --sentences 256 --calib-samples 128 --calib-seqlen 128
     python -m tools.eval_embeddings --sparsity         # 2:4 magnitude vs wanda, float and int8
+    python -m tools.eval_embeddings --w8a8             # static int8 activations, with / without smoothing
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from models import export, text
 from tokenizers import Tokenizer
 
 from onnx_compress import (
+    ActCalib,
     Awq,
     QuantizeWeights,
     Recipe,
+    Smooth,
     Sparsify,
     SparsityMethod,
     Verify,
@@ -47,8 +50,15 @@ CONFIGS = {
 }
 
 
-def rows(configs: list[str], sparsity: bool) -> list[tuple[str, str, tuple[Step, ...], bool]]:
+def rows(configs: list[str], sparsity: bool, w8a8: bool = False) -> list[tuple[str, str, tuple[Step, ...], bool]]:
     """(weights, method, recipe steps, calibrated) per table row."""
+    if w8a8:
+        out_w: list[tuple[str, str, tuple[Step, ...], bool]] = []
+        for rule in ActCalib:
+            step = QuantizeWeights(scheme=WeightScheme.W8A8, act_calib=rule)
+            out_w.append((f"w8a8 ({rule.value})", "static", (step,), True))
+            out_w.append((f"w8a8 ({rule.value})", "smooth 0.5", (Smooth(0.5), step), True))
+        return out_w
     if sparsity:
         out: list[tuple[str, str, tuple[Step, ...], bool]] = []
         for label, quantize in (("float", ()), ("int8/channel", (CONFIGS["int8/channel"],))):
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-seqlen", type=int, default=128, help="MiniLM was trained on 128-token inputs")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--sparsity", action="store_true", help="2:4 sparsity (magnitude, wanda; float, int8) instead")
+    p.add_argument("--w8a8", action="store_true", help="w8a8 (each activation range rule, with / without smoothing)")
     add_accuracy_level(p)
     args = p.parse_args(argv)
 
@@ -134,8 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     calibration = TextCalibration(calib_dir, tokenizer_path, args.calib_samples, args.calib_seqlen)
     with tempfile.TemporaryDirectory() as tmp:
-        stats = Path(tmp) / "stats.npz"  # collected by the first calibrated run, reused by the others
-        for label, method, steps, calibrated in rows(args.configs, args.sparsity):
+        for label, method, steps, calibrated in rows(args.configs, args.sparsity, args.w8a8):
+            # collected by the first calibrated run of a weights label, reused by the others
+            stats = Path(tmp) / f"stats-{re.sub(r'[^a-z0-9]+', '-', label)}.npz"
             out = Path(tmp) / "q.onnx"
             start = time.perf_counter()
             compress_file(

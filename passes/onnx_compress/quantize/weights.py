@@ -40,7 +40,7 @@ from onnx_compress.parallel import ordered_map
 from onnx_compress.quantize.emit import CUSTOM_DOMAIN, MS_DOMAIN, emit
 from onnx_compress.quantize.encode import Encoded, Target, encode, weight_kn
 from onnx_compress.quantize.sites import Site, UseKind, find_sites
-from onnx_compress.quantize.w8a8 import ActivationRanges, activation_key, output_key
+from onnx_compress.quantize.w8a8 import QLINEAR_MAX_CREST, ActivationRanges, activation_key, output_key
 from onnx_compress.recipe import ProgressFactory, QuantizeWeights, WeightFormat, WeightScheme
 from onnx_compress.report import LayerRecord, add_records
 
@@ -210,6 +210,15 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             if missing is not None:
                 first, note = self._int8_target, f"{missing}: weight-only int8"
                 logger.info("'%s': %s", site.name, note)
+            elif first.format is WeightFormat.QLINEAR:
+                for use in site.uses:
+                    out = output_key(use)
+                    crest = self.ranges.crest(out) if out is not None else 0.0
+                    if crest > QLINEAR_MAX_CREST:
+                        first = Target(WeightScheme.W8A8, WeightFormat.QDQ, 0)
+                        note = f"output max {crest:.0f}x its RMS (> {QLINEAR_MAX_CREST:.0f}): w8a8 QDQ (float output)"
+                        logger.info("'%s': %s", site.name, note)
+                        break
         return first, note
 
     def target_for(self, site: Site) -> Target | None:
@@ -271,7 +280,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
             got = activation.fake_quantize(x, self.ranges.scale(key)) @ enc.dequantize_kn()
             out = output_key(use)
             if enc.target.format is WeightFormat.QLINEAR and out is not None:
-                got = activation.fake_quantize(got, self.ranges.scale(out))
+                got = activation.fake_quantize(got, self.ranges.output_scale(out))
             err = got - ref
         else:
             w -= enc.dequantize_kn()

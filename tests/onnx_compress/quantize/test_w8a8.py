@@ -173,3 +173,24 @@ def test_cli_w8a8_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert code == 0 and out.exists()
     assert "QLinearMatMul" in {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
+def test_qlinear_keeps_a_float_output_where_the_output_has_massive_values() -> None:
+    # one token with a 1000x activation (an LLM's "massive activation"): int8 outputs would give
+    # the bulk of the output fewer than 4 levels, so the layer keeps the QDQ form (float output)
+    proto, w = _one_layer()
+    w = w.copy()
+    w[0] = 0.0
+    w[0, 5] = 1.0  # input channel 0 reaches only output channel 5
+    proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+    samples = _samples(20)  # 2400 output elements: one of them 1000x the others' scale
+    samples[0]["x"][0, 0] = 1000.0
+    step = oc.QuantizeWeights(scheme=oc.WeightScheme.W8A8, format=oc.WeightFormat.QLINEAR, min_dim=1)
+    # (no verification: a per-tensor int8 input cannot carry that token either; smoothing is the cure)
+    result = oc.compress(proto, oc.Recipe(steps=(step,), verify=oc.Verify(enabled=False)), calibration=samples)
+    ops = collections.Counter(n.op_type for n in result.model.graph)
+    assert "QLinearMatMul" not in ops and ops["MatMul"] == 1
+    (layer,) = result.report.layers
+    assert layer.fallback is not None and "x its RMS" in layer.fallback and layer.format == "qdq"
+    normal = oc.compress(proto, oc.Recipe(steps=(step,)), calibration=_samples()).model
+    assert any(n.op_type == "QLinearMatMul" for n in normal.graph)
