@@ -73,7 +73,8 @@ class ActivationRanges:
         """Why ``site``'s activations (and outputs, for qlinear) have no range, if so."""
         for use in site.uses:
             value = use.node.inputs[_activation_index(use)]
-            if value is None or value.dtype not in _FLOATS:
+            # untyped intermediate values (no value_info) have the weight's float type
+            if value is None or (value.dtype or site.dtype) not in _FLOATS:
                 return f"the input of '{use.node.name}' is not a float tensor"
             keys = [("input", activation_key(use))]
             if fmt is WeightFormat.QLINEAR:
@@ -137,12 +138,13 @@ def _const(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> i
 
 
 def _quantized_activation(
-    graph: ir.Graph, names: NameScope, ranges: ActivationRanges, value: ir.Value, fmt: WeightFormat
+    graph: ir.Graph, names: NameScope, ranges: ActivationRanges, value: ir.Value, fmt: WeightFormat, dtype: ir.DataType
 ) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """(quantized value, scale, zero point) of ``value``, emitting the QuantizeLinear once."""
-    assert value.name is not None and value.dtype is not None
+    """(quantized value, scale, zero point) of ``value`` (float type ``dtype``), emitting the
+    QuantizeLinear once."""
+    assert value.name is not None
     cache_key = (value.name, fmt)
-    scale_dtype = value.dtype.numpy()
+    scale_dtype = dtype.numpy()
     if cache_key not in ranges._quantized:
         base = value.name
         scale = _const(graph, names, f"{base}.act_scale", np.asarray(ranges.scale(value.name), scale_dtype))
@@ -174,12 +176,12 @@ def _emit_qdq_activations(graph: ir.Graph, names: NameScope, site: Site, ranges:
         index = _activation_index(use)
         value = use.node.inputs[index]
         assert value is not None
-        q, scale, zp = _quantized_activation(graph, names, ranges, value, WeightFormat.QDQ)
+        q, scale, zp = _quantized_activation(graph, names, ranges, value, WeightFormat.QDQ, value.dtype or site.dtype)
         dq = ir.node(
             "DequantizeLinear", [q, scale, zp], name=names.fresh(f"{use.node.name or 'matmul'}.act_dequantize")
         )
         dq.outputs[0].name = names.fresh(f"{value.name}.dequantized")
-        dq.outputs[0].type = value.type
+        dq.outputs[0].type = value.type or ir.TensorType(site.dtype)
         dq.outputs[0].shape = value.shape
         graph.insert_before(use.node, dq)
         use.node.replace_input_with(index, dq.outputs[0])
@@ -194,11 +196,12 @@ def _emit_qlinear(
     for use in site.uses:
         node = use.node
         a = node.inputs[0]
-        assert a is not None and a.dtype is not None
-        dtype = a.dtype.numpy()
+        assert a is not None
+        a_dtype = a.dtype or site.dtype
+        dtype = a_dtype.numpy()
         alpha = node.attributes.get_float("alpha", 1.0) if use.kind is UseKind.GEMM else 1.0
         ws = _const(graph, names, f"{base}.scale", (scales_n.astype(np.float32) * np.float32(alpha)).astype(dtype))
-        xq, xs, xzp = _quantized_activation(graph, names, ranges, a, WeightFormat.QLINEAR)
+        xq, xs, xzp = _quantized_activation(graph, names, ranges, a, WeightFormat.QLINEAR, a_dtype)
         old_out = node.outputs[0]
         out_key = old_out.name
         assert out_key is not None

@@ -194,3 +194,27 @@ def test_qlinear_keeps_a_float_output_where_the_output_has_massive_values() -> N
     assert layer.fallback is not None and "x its RMS" in layer.fallback and layer.format == "qdq"
     normal = oc.compress(proto, oc.Recipe(steps=(step,)), calibration=_samples()).model
     assert any(n.op_type == "QLinearMatMul" for n in normal.graph)
+
+
+def test_untyped_intermediate_activations_are_quantized() -> None:
+    # exporters do not always record value_info for intermediate values: the activation of the
+    # second layer has no type, and still gets its static range (the weight's float type)
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W0"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["h"]),
+            helper.make_node("MatMul", ["h", "W1"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 32])],
+        [
+            numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32) * 0.2, "W0"),
+            numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32) * 0.2, "W1"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    report = oc.compress(proto, oc.Recipe(steps=(W8A8,)), calibration=_samples()).report
+    assert [r.scheme for r in report.layers] == ["w8a8/channel", "w8a8/channel"]
+    assert report.verification is not None and report.verification["passed"]
