@@ -11,9 +11,10 @@ Two parts, every variant timed in the same run on the same machine:
    quantize_static (QDQ, per channel, MatMul only as ours, MinMax) on the same calibration
    windows (library/ text, ``--calib-samples`` x 512).
 
-Times are medians of ``--repeat`` runs after 2 warm-up runs, with ORT's default threading; ratios
-are fp32 time / variant time (> 1: faster). The quantized models are kept in ``--out`` so that
-``python -m tools.eval_perplexity`` can score them.
+Times are medians of ``--repeat`` runs after 2 warm-up runs, the variants' runs interleaved
+round-robin, with ORT's default threading; ratios are fp32 time / variant time (> 1: faster).
+The quantized models are kept in ``--out`` so that ``python -m tools.eval_perplexity`` can score
+them.
 
     python -m tools.bench_w8a8                       # both parts, models in out/w8a8/
     python -m tools.bench_w8a8 --skip-model          # per-layer only (a minute)
@@ -40,18 +41,22 @@ from onnx_compress.calibration.data import TextCalibration, input_specs, model_f
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _time(path: Path, feeds: Mapping[str, np.ndarray], repeat: int) -> float:
+def _time_all(paths: Mapping[str, Path], feeds: Mapping[str, np.ndarray], repeat: int) -> dict[str, float]:
+    """Median time of each model, the runs interleaved round-robin so that a slow phase of the
+    machine (a 2-core VM has them) hits every variant alike."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(2):
-        session.run(None, dict(feeds))
-    times = []
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    for s in sessions.values():
+        for _ in range(2):
+            s.run(None, dict(feeds))
+    times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, dict(feeds))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for k, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, dict(feeds))
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _stack(path: Path, layers: int = 8) -> None:
@@ -136,10 +141,10 @@ def layers(out: Path, repeat: int) -> None:
     print("\n8 MatMul layers 576x1536 / 1536x576 (per layer):\n")
     for m in (1, 256):
         x = {"h0": rng.standard_normal((m, 576)).astype(np.float32)}
-        fp32 = _time(src, x, repeat)
+        times = _time_all(paths, x, repeat)
         print(f"M = {m}\n\n| variant | ms per layer | vs fp32 |\n|---|---|---|")
-        for label, path in paths.items():
-            print(_row(label, _time(path, x, repeat), fp32, per=8), flush=True)
+        for label, seconds in times.items():
+            print(_row(label, seconds, times["fp32 MatMul"], per=8), flush=True)
         print()
 
 
@@ -170,17 +175,17 @@ def whole_model(out: Path, repeat: int, calib_samples: int, alpha: float) -> Non
         start = time.perf_counter()
         make(paths[label])
         print(f"built {paths[label].name} in {time.perf_counter() - start:.0f} s", flush=True)
-    fp32 = _time(src, feeds, repeat)
+    times = _time_all(paths, feeds, repeat)
     print(f"\nSmolLM2-135M prefill, 512 tokens, batch 1 ({calib_samples} x 512 calibration tokens):\n")
     print("| variant | ms | vs fp32 |\n|---|---|---|")
-    for label, path in paths.items():
-        print(_row(label, _time(path, feeds, repeat), fp32), flush=True)
+    for label, seconds in times.items():
+        print(_row(label, seconds, times["fp32"]), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out", type=Path, default=ROOT / "out" / "w8a8")
-    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--skip-layers", action="store_true")
