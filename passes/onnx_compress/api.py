@@ -272,6 +272,9 @@ def _statistics_keys(model: ir.Model, recipe: Recipe, activations_only: bool = F
     if q is not None and q.scheme is WeightScheme.W8A8:
         from onnx_compress.quantize.sites import find_sites
         from onnx_compress.quantize.w8a8 import activation_key, output_key
+        from onnx_compress.quantize.weights import transposed_weight_activations
+
+        keys |= set(transposed_weight_activations(model.graph))
 
         for site in find_sites(model.graph):
             for use in site.uses:

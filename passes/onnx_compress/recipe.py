@@ -152,7 +152,9 @@ class QuantizeWeights:
         symmetric: int4 only: False for ORT's asymmetric formula with zero points.
         double_quant: nf4 with the custom format only: absmax in 8 bits per 256 blocks (QLoRA).
         exclude: regular expressions (``re.search``); a layer whose name, weight name or node
-            name matches one stays float. Default: ``lm_head`` for int8, nothing for 4-bit.
+            name matches one stays float. Default: ``lm_head`` for int8, nothing for 4-bit and
+            w8a8 (w8a8 is for speed: a float lm_head is a fifth of SmolLM2's prefill; an lm_head
+            tied to the embedding gets an int8 copy, the Gather keeps the float table).
         int8: 4-bit schemes only: layers matching one of these are quantized to int8 instead
             (in the int8 form of the chosen format). Default ``lm_head`` (4-bit lm_heads are
             known to cause repetition).
@@ -186,7 +188,12 @@ class QuantizeWeights:
         for name, value in (
             ("format", self.format or _FORMATS[scheme][0]),
             ("block_size", _DEFAULT_BLOCK[scheme] if self.block_size is None else self.block_size),
-            ("exclude", tuple(self.exclude) if self.exclude is not None else (() if scheme.four_bit else ("lm_head",))),
+            (
+                "exclude",
+                tuple(self.exclude)
+                if self.exclude is not None
+                else (() if scheme.four_bit or scheme is WeightScheme.W8A8 else ("lm_head",)),
+            ),
             ("int8", tuple(self.int8) if self.int8 is not None else (("lm_head",) if scheme.four_bit else ())),
         ):
             object.__setattr__(self, name, value)

@@ -58,6 +58,7 @@ class Site:
     value: ir.Value
     uses: tuple[Use, ...]
     skip: str | None = None
+    tied: bool = False  # skipped only because Gather nodes read it too (an embedding tied to lm_head)
 
     @property
     def tensor(self) -> ir.TensorProtocol:
@@ -176,12 +177,15 @@ def find_sites(graph: ir.Graph) -> list[Site]:
 def _site(value: ir.Value, rank: int) -> Site:
     uses: list[Use] = []
     reasons: list[str] = []
+    gathers = 0
     for node, index in value.uses():
         classified = _classify(node, index, rank)
         if isinstance(classified, str):
             reasons.append(classified)
+            gathers += node.domain in _ONNX_DOMAINS and node.op_type == "Gather" and index == 0
         else:
             uses.append(classified)
+    tied = bool(uses) and gathers == len(reasons)
     if value.is_graph_input():
         reasons.insert(0, "is a graph input (its value can be overridden at run time)")
     if value.is_graph_output():
@@ -193,4 +197,5 @@ def _site(value: ir.Value, rank: int) -> Site:
             + ", ".join(f"'{u.node.name}': K axis {u.reduction_axis}" for u in uses)
             + ")"
         )
-    return Site(value, tuple(uses), "; ".join(reasons) or None)
+    tied = tied and len(reasons) == gathers  # no other reason was added below
+    return Site(value, tuple(uses), "; ".join(reasons) or None, tied and bool(reasons))

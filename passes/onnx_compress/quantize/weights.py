@@ -164,7 +164,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
 
     # ---- selection --------------------------------------------------------------------
     def _skip_reason(self, site: Site) -> str | None:
-        if site.skip:
+        if site.skip and not (site.tied and self.config.scheme is WeightScheme.W8A8):
             return site.skip
         for pattern in self._exclude:
             for name in site.names():
@@ -304,8 +304,10 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
 
     # ---- pass -------------------------------------------------------------------------
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        plans, out_records = self._plan(model.graph)
         modified = False
+        if self.config.scheme is WeightScheme.W8A8:
+            modified = fold_weight_transposes(model.graph) > 0
+        plans, out_records = self._plan(model.graph)
         opset = max((self._qdq_opset(t, p.site) for p in plans for t in p.chain), default=0)
         if opset and ensure_opset(model, opset, f"{self.config.label} DequantizeLinear weights"):
             modified = True
@@ -375,3 +377,60 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         if target.scheme is WeightScheme.INT4 or target.block_size or len(site.shape) != 2:
             return 21  # blocked DequantizeLinear, int4 types
         return 13 if site.dtype == ir.DataType.FLOAT else 19  # per-axis; float16/bf16 scales need 19
+
+
+def _transposed_weights(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Value]]:
+    """(consumer, Transpose, constant) for every MatMul/Gemm reading ``Transpose(constant)`` as
+    its weight (input 1) with a computed input 0."""
+    found = []
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+            continue
+        weight, a = node.inputs[1], node.inputs[0]
+        producer = weight.producer() if weight is not None else None
+        if producer is None or producer.op_type != "Transpose" or producer.domain not in ("", "ai.onnx"):
+            continue
+        source = producer.inputs[0]
+        if source is None or ir.convenience.get_const_tensor(source) is None:
+            continue
+        if a is None or ir.convenience.get_const_tensor(a) is not None:
+            continue
+        found.append((node, producer, source))
+    return found
+
+
+def transposed_weight_activations(graph: ir.Graph) -> list[str]:
+    """The activations of the layers :func:`fold_weight_transposes` will give a weight (their
+    calibration statistics are collected on the input model)."""
+    return sorted(
+        {node.inputs[0].name for node, _, _ in _transposed_weights(graph) if node.inputs[0] and node.inputs[0].name}
+    )
+
+
+def fold_weight_transposes(graph: ir.Graph) -> int:
+    """Give each MatMul/Gemm whose weight is ``Transpose(constant)`` its own transposed constant
+    (w8a8: the weight can then be quantized; the original stays for its other readers, e.g. the
+    embedding Gather of a tied lm_head, as the dynamo exporter writes SmolLM2's). Returns how
+    many weights were folded."""
+    folded = 0
+    for node, producer, source in _transposed_weights(graph):
+        tensor = ir.convenience.get_const_tensor(source)
+        assert tensor is not None  # _transposed_weights checked
+        array = tensor.numpy()
+        perm = producer.attributes.get_ints("perm")
+        transposed = np.ascontiguousarray(np.transpose(array, perm if perm is not None else None))
+        name = NameScope(graph).fresh(f"{source.name or 'weight'}.transposed")
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(transposed.shape),
+            type=ir.TensorType(tensor.dtype),
+            const_value=ir.tensor(transposed, name=name),
+        )
+        graph.register_initializer(value)
+        node.replace_input_with(1, value)
+        if not producer.outputs[0].uses() and not producer.outputs[0].is_graph_output():
+            graph.remove(producer, safe=True)
+        folded += 1
+    if folded:
+        logger.info("w8a8: %d weights read through Transpose got their own transposed copy", folded)
+    return folded

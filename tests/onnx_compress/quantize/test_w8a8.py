@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import rel_error, run_ort
 
 import onnx_compress as oc
-from onnx_compress import cli
+from onnx_compress import cli, model_io
 from onnx_compress.numerics import activation, int8
 from onnx_compress.verify import random_inputs
 
@@ -117,7 +117,8 @@ def test_percentile_entropy_and_minmax_give_different_ranges(exported) -> None: 
             for n in model.graph
             if n.op_type == "QuantizeLinear"
         )
-    assert len(scales[oc.ActCalib.MINMAX]) == 8  # 2 layers x (attention input, o, mlp input, down)
+    # 2 layers x (q, k, v, o, gate, up, down) and lm_head: a pair per consumer
+    assert len(scales[oc.ActCalib.MINMAX]) == 15
     assert all(p <= m + 1e-12 for p, m in zip(scales[oc.ActCalib.PERCENTILE], scales[oc.ActCalib.MINMAX], strict=True))
     assert scales[oc.ActCalib.PERCENTILE] != scales[oc.ActCalib.MINMAX]
     assert scales[oc.ActCalib.ENTROPY] != scales[oc.ActCalib.MINMAX]
@@ -218,3 +219,52 @@ def test_untyped_intermediate_activations_are_quantized() -> None:
     report = oc.compress(proto, oc.Recipe(steps=(W8A8,)), calibration=_samples()).report
     assert [r.scheme for r in report.layers] == ["w8a8/channel", "w8a8/channel"]
     assert report.verification is not None and report.verification["passed"]
+
+
+def test_statistics_without_histograms_are_refused_for_percentile(tmp_path: Path) -> None:
+    # statistics cached by a min-max run hold no histogram: a percentile run says what to do
+    proto, _ = _one_layer()
+    minmax = oc.QuantizeWeights(scheme=oc.WeightScheme.W8A8, min_dim=1, act_calib=oc.ActCalib.MINMAX)
+    stats = tmp_path / "stats.npz"
+    oc.compress(proto, oc.Recipe(steps=(minmax,)), calibration=_samples(), calibration_stats=stats)
+    with pytest.raises(oc.CalibrationDataError, match="hold no histogram"):
+        oc.compress(proto, oc.Recipe(steps=(W8A8,)), calibration_stats=stats)
+
+
+def test_ort_fuses_every_consumer_of_a_shared_activation(tmp_path: Path) -> None:
+    # q/k/v read one activation: each gets its own QuantizeLinear -> DequantizeLinear pair, and
+    # ORT CPU turns all three into integer MatMuls (with one shared QuantizeLinear it fused none)
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", f"W{i}"], [f"y{i}"]) for i in range(3)]
+    nodes.append(helper.make_node("Sum", ["y0", "y1", "y2"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 32])],
+        [numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), f"W{i}") for i in range(3)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model = oc.compress(proto, oc.Recipe(steps=(W8A8,)), calibration=_samples()).model
+    path = tmp_path / "w8a8.onnx"
+    model_io.save(model, path)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert ops["MatMulIntegerToFloat"] == 3 and ops["MatMul"] == 0, ops
+
+
+def test_a_tied_lm_head_gets_an_int8_copy(exported) -> None:  # type: ignore[no-untyped-def]
+    # SmolLM2 ties lm_head to the embedding: the Gather keeps the float table, the MatMul reads
+    # an int8 copy (w8a8 is for speed; the float lm_head would be a fifth of the prefill)
+    path = exported("smollm2-l4", "dynamo")
+    m = ir.load(str(path))
+    samples = [random_inputs(m, batch=1, sequence=16, seed=i) for i in range(3)]
+    result = oc.compress(path, oc.Recipe(steps=(W8A8,), verify=oc.Verify(enabled=False)), calibration=samples)
+    head = [r for r in result.report.layers if r.name.endswith("lm_head")]
+    assert head and head[0].scheme == "w8a8/channel"
+    gather = next(n for n in result.model.graph if n.op_type == "Gather")
+    assert gather.inputs[0] is not None and gather.inputs[0].dtype == ir.DataType.FLOAT
