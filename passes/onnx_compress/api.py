@@ -274,7 +274,7 @@ def _statistics_keys(model: ir.Model, recipe: Recipe, activations_only: bool = F
         from onnx_compress.quantize.w8a8 import activation_key, output_key
         from onnx_compress.quantize.weights import transposed_weight_activations
 
-        keys |= set(transposed_weight_activations(model.graph))
+        keys |= set(transposed_weight_activations(model.graph, q.resolved_format is WeightFormat.QLINEAR))
 
         for site in find_sites(model.graph):
             for use in site.uses:

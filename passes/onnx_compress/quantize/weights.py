@@ -399,12 +399,15 @@ def _transposed_weights(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Valu
     return found
 
 
-def transposed_weight_activations(graph: ir.Graph) -> list[str]:
-    """The activations of the layers :func:`fold_weight_transposes` will give a weight (their
-    calibration statistics are collected on the input model)."""
-    return sorted(
-        {node.inputs[0].name for node, _, _ in _transposed_weights(graph) if node.inputs[0] and node.inputs[0].name}
-    )
+def transposed_weight_activations(graph: ir.Graph, outputs: bool = False) -> list[str]:
+    """The activations (and with ``outputs`` the outputs) of the layers
+    :func:`fold_weight_transposes` will give a weight: their calibration statistics are
+    collected on the input model."""
+    names = set()
+    for node, _, _ in _transposed_weights(graph):
+        values = [node.inputs[0], node.outputs[0] if outputs else None]
+        names |= {v.name for v in values if v is not None and v.name}
+    return sorted(names)
 
 
 def fold_weight_transposes(graph: ir.Graph) -> int:
