@@ -6,10 +6,11 @@ Two parts, every variant timed in the same run on the same machine:
    (Gaussian, seeded), M in {1, 256} rows; variants: fp32 MatMul, ours (w8a8, QDQ form, which
    ORT fuses; and the QLinearMatMul form), ORT quantize_dynamic (per channel) and ORT
    quantize_static (QDQ, per channel, MinMax) calibrated on the same rows as ours.
-2. Whole model: SmolLM2-135M prefill of one 512-token window of tutorial/ text; variants: fp32,
-   ours (w8a8 + SmoothQuant alpha, QDQ and QLinearMatMul forms), ORT quantize_dynamic, ORT
-   quantize_static (QDQ, per channel, MatMul only as ours, MinMax) on the same calibration
-   windows (library/ text, ``--calib-samples`` x 512).
+2. Whole model: SmolLM2-135M prefill of one 512-token window of tutorial/ text; variants: fp32
+   (as exported, and with our attention fusion alone), ours (w8a8 + SmoothQuant alpha: QDQ form,
+   QDQ with attention fusion, QLinearMatMul form), ORT quantize_dynamic, ORT quantize_static
+   (QDQ, per channel, MatMul/Gemm as ours, MinMax) on the same calibration windows (library/
+   text, ``--calib-samples`` x 512).
 
 Times are medians of ``--repeat`` runs after 2 warm-up runs, the variants' runs interleaved
 round-robin, with ORT's default threading; ratios are fp32 time / variant time (> 1: faster).
@@ -35,7 +36,17 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_compress import QuantizeWeights, Recipe, Smooth, Verify, WeightFormat, WeightScheme, compress_file
+from onnx_compress import (
+    AttentionTarget,
+    FuseAttention,
+    QuantizeWeights,
+    Recipe,
+    Smooth,
+    Verify,
+    WeightFormat,
+    WeightScheme,
+    compress_file,
+)
 from onnx_compress.calibration.data import TextCalibration, input_specs, model_feeds, read_text, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +124,15 @@ def _ort_static(src: Path, dst: Path, samples: Sequence[Mapping[str, np.ndarray]
     )
 
 
-def _ours(src: Path, dst: Path, samples: Any, fmt: WeightFormat, alpha: float | None) -> None:
+def _fused_fp32(src: Path, dst: Path) -> None:
+    recipe = Recipe(steps=(FuseAttention(AttentionTarget.ORT_CPU),), verify=Verify(enabled=False))
+    compress_file(src, dst, recipe)
+
+
+def _ours(src: Path, dst: Path, samples: Any, fmt: WeightFormat, alpha: float | None, fuse: bool = False) -> None:
     steps: list[Any] = [] if alpha is None else [Smooth(alpha)]
+    if fuse:
+        steps.append(FuseAttention(AttentionTarget.ORT_CPU))
     steps.append(QuantizeWeights(scheme=WeightScheme.W8A8, format=fmt))
     compress_file(src, dst, Recipe(steps=tuple(steps), verify=Verify(enabled=False)), samples)
 
@@ -163,13 +181,24 @@ def whole_model(out: Path, repeat: int, calib_samples: int, alpha: float) -> Non
     window = tokenize(read_text(text.evaluation_dir()), tokenizer)[:512]
     feeds = model_feeds(specs, window[None, :])
     variants: dict[str, Callable[[Path], None]] = {
+        "fp32 + our attention fusion (ort-cpu)": lambda p: _fused_fp32(src, p),
         f"ours w8a8 + smooth {alpha} (QDQ)": lambda p: _ours(src, p, samples, WeightFormat.QDQ, alpha),
+        f"ours w8a8 + smooth {alpha} (QDQ) + attention fusion": lambda p: _ours(
+            src, p, samples, WeightFormat.QDQ, alpha, fuse=True
+        ),
         f"ours w8a8 + smooth {alpha} (QLinearMatMul)": lambda p: _ours(src, p, samples, WeightFormat.QLINEAR, alpha),
         "ORT quantize_dynamic": lambda p: _ort_dynamic(src, p),
         "ORT quantize_static (QDQ, MinMax)": lambda p: _ort_static(src, p, samples),
     }
     paths = {"fp32": src}
-    names = ["ours-w8a8-smooth-qdq", "ours-w8a8-smooth-qlinear", "ort-dynamic", "ort-static"]
+    names = [
+        "fp32-fused",
+        "ours-w8a8-smooth-qdq",
+        "ours-w8a8-smooth-qdq-fused",
+        "ours-w8a8-smooth-qlinear",
+        "ort-dynamic",
+        "ort-static",
+    ]
     for name, (label, make) in zip(names, variants.items(), strict=True):
         paths[label] = out / f"smollm2-{name}.onnx"
         start = time.perf_counter()
