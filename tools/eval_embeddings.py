@@ -58,6 +58,9 @@ def rows(configs: list[str], sparsity: bool, w8a8: bool = False) -> list[tuple[s
             step = QuantizeWeights(scheme=WeightScheme.W8A8, act_calib=rule)
             out_w.append((f"w8a8 ({rule.value})", "static", (step,), True))
             out_w.append((f"w8a8 ({rule.value})", "smooth 0.5", (Smooth(0.5), step), True))
+        for bound in (0.05, 0.02):  # mixed precision: the worst layers weight-only int8
+            step = QuantizeWeights(scheme=WeightScheme.W8A8, act_calib=ActCalib.MINMAX, max_layer_error=bound)
+            out_w.append(("w8a8 (minmax)", f"static, max-layer-error {bound}", (step,), True))
         return out_w
     if sparsity:
         out: list[tuple[str, str, tuple[Step, ...], bool]] = []
