@@ -185,7 +185,6 @@ def _site(value: ir.Value, rank: int) -> Site:
             gathers += node.domain in _ONNX_DOMAINS and node.op_type == "Gather" and index == 0
         else:
             uses.append(classified)
-    tied = bool(uses) and gathers == len(reasons)
     if value.is_graph_input():
         reasons.insert(0, "is a graph input (its value can be overridden at run time)")
     if value.is_graph_output():
@@ -197,5 +196,5 @@ def _site(value: ir.Value, rank: int) -> Site:
             + ", ".join(f"'{u.node.name}': K axis {u.reduction_axis}" for u in uses)
             + ")"
         )
-    tied = tied and len(reasons) == gathers  # no other reason was added below
-    return Site(value, tuple(uses), "; ".join(reasons) or None, tied and bool(reasons))
+    tied = bool(uses) and gathers > 0 and gathers == len(reasons)  # Gather readers are the only reason
+    return Site(value, tuple(uses), "; ".join(reasons) or None, tied)

@@ -268,3 +268,34 @@ def test_a_tied_lm_head_gets_an_int8_copy(exported) -> None:  # type: ignore[no-
     assert head and head[0].scheme == "w8a8/channel"
     gather = next(n for n in result.model.graph if n.op_type == "Gather")
     assert gather.inputs[0] is not None and gather.inputs[0].dtype == ir.DataType.FLOAT
+
+
+def test_a_weight_shared_with_a_gather_gets_an_int8_copy_for_w8a8_only() -> None:
+    # an embedding table read directly by Gather and by the lm_head MatMul (no Transpose)
+    rng = np.random.default_rng(6)
+    table = rng.standard_normal((32, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["e"]),
+            helper.make_node("MatMul", ["x", "E"], ["m"]),
+            helper.make_node("ReduceSum", ["e"], ["s"], keepdims=0),
+            helper.make_node("Add", ["m", "s"], ["y"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 32]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 32])],
+        [numpy_helper.from_array(table, "E")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    samples = [s | {"ids": np.array([1, 3], np.int64)} for s in _samples()]
+    w8a8 = oc.compress(proto, oc.Recipe(steps=(W8A8,)), calibration=samples)
+    (layer,) = w8a8.report.layers
+    assert layer.scheme == "w8a8/channel"
+    gather = next(n for n in w8a8.model.graph if n.op_type == "Gather")
+    assert gather.inputs[0] is not None and gather.inputs[0].name == "E" and gather.inputs[0].dtype == ir.DataType.FLOAT
+    # weight-only int8 is about size: a copy would grow the model, so the shared table stays float
+    int8_only = oc.compress(proto, oc.Recipe(steps=(oc.QuantizeWeights(min_dim=1),)), calibration=samples)
+    assert int8_only.report.layers[0].scheme == "float" and "Gather" in (int8_only.report.layers[0].reason or "")
