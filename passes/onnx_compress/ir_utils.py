@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["NameScope", "dtype_name", "ensure_opset", "first_consumer", "remove_if_unused", "tensor_shape"]
+__all__ = [
+    "NameScope",
+    "add_initializer",
+    "dtype_name",
+    "ensure_opset",
+    "first_consumer",
+    "remove_if_unused",
+    "tensor_shape",
+]
 
 import logging
 
@@ -47,6 +55,23 @@ class NameScope:
             i += 1
         self._taken.add(name)
         return name
+
+
+def add_initializer(
+    graph: ir.Graph, names: NameScope, base: str, tensor_or_array: np.ndarray | ir.TensorProtocol
+) -> ir.Value:
+    """Register a new initializer named ``base`` (made unique) holding the array or tensor."""
+    name = names.fresh(base)
+    if isinstance(tensor_or_array, np.ndarray):
+        tensor: ir.TensorProtocol = ir.tensor(tensor_or_array, name=name)
+    else:
+        tensor = tensor_or_array
+        tensor.name = name
+    value = ir.Value(
+        name=name, shape=ir.Shape(tensor_shape(tensor)), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value
 
 
 def _first_line(e: BaseException) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnx_compress.ir_utils import NameScope, first_consumer, tensor_shape
+from onnx_compress.ir_utils import NameScope, add_initializer, first_consumer, tensor_shape
 from onnx_compress.quantize.encode import Encoded
 from onnx_compress.quantize.sites import Site, Use, UseKind
 from onnx_compress.quantize.w8a8 import ActivationRanges, emit_w8a8
@@ -30,22 +30,6 @@ from onnx_compress.recipe import AccuracyLevel, WeightFormat, WeightScheme
 
 CUSTOM_DOMAIN = "onnx_compress"
 MS_DOMAIN = "com.microsoft"
-
-
-def _initializer(
-    graph: ir.Graph, names: NameScope, base: str, tensor_or_array: np.ndarray | ir.TensorProtocol
-) -> ir.Value:
-    name = names.fresh(base)
-    if isinstance(tensor_or_array, np.ndarray):
-        tensor: ir.TensorProtocol = ir.Tensor(tensor_or_array, name=name)
-    else:
-        tensor = tensor_or_array
-        tensor.name = name
-    value = ir.Value(
-        name=name, shape=ir.Shape(tensor_shape(tensor)), type=ir.TensorType(tensor.dtype), const_value=tensor
-    )
-    graph.register_initializer(value)
-    return value
 
 
 def emit(
@@ -116,9 +100,9 @@ def _emit_int8_qdq(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded) 
         attributes: dict[str, int] = {"axis": site.channel_axis}
     else:
         attributes = {"axis": site.reduction_axis, "block_size": block or site.k}
-    q = _initializer(graph, names, f"{base}.int8", q_arr)
+    q = add_initializer(graph, names, f"{base}.int8", q_arr)
     _inherit(site, q)
-    s = _initializer(graph, names, f"{base}.scale", scales)
+    s = add_initializer(graph, names, f"{base}.scale", scales)
     out = _dequantize_node(graph, names, site, [q, s], attributes, site.value.shape or ir.Shape(site.shape))
     for use in site.uses:
         use.node.replace_input_with(use.input_index, out)
@@ -132,12 +116,14 @@ def _emit_int4_qdq(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded) 
     lhs = any(u.kind is UseKind.MATMUL_LHS for u in site.uses)
     shape = (site.n, site.k) if lhs else (site.k, site.n)  # stored orientation (see encode)
     dtype = ir.DataType.INT4 if zp_bytes is None else ir.DataType.UINT4
-    q = _initializer(graph, names, f"{base}.{dtype.name.lower()}", ir.PackedTensor(enc.arrays["q"], dtype, shape=shape))
+    q = add_initializer(
+        graph, names, f"{base}.{dtype.name.lower()}", ir.PackedTensor(enc.arrays["q"], dtype, shape=shape)
+    )
     _inherit(site, q)
-    inputs = [q, _initializer(graph, names, f"{base}.scale", scales)]
+    inputs = [q, add_initializer(graph, names, f"{base}.scale", scales)]
     if zp_bytes is not None:
         inputs.append(
-            _initializer(graph, names, f"{base}.zero_point", ir.PackedTensor(zp_bytes, dtype, shape=scales.shape))
+            add_initializer(graph, names, f"{base}.zero_point", ir.PackedTensor(zp_bytes, dtype, shape=scales.shape))
         )
     attributes = {"axis": 1 if lhs else 0, "block_size": enc.target.block_size}
     out = _dequantize_node(graph, names, site, inputs, attributes, ir.Shape(shape))
@@ -195,7 +181,7 @@ def _spec(site: Site, enc: Encoded, accuracy_level: AccuracyLevel) -> _OpSpec:
 
 def _emit_fused(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded, spec: _OpSpec) -> int:
     base = site.value.name or site.name
-    shared = {role: _initializer(graph, names, f"{base}.{role}", arr) for role, arr in enc.arrays.items()}
+    shared = {role: add_initializer(graph, names, f"{base}.{role}", arr) for role, arr in enc.arrays.items()}
     _inherit(site, shared["b"])
     nbytes = enc.nbytes
     by_alpha: dict[float, dict[str, ir.Value]] = {1.0: shared}
@@ -206,7 +192,7 @@ def _emit_fused(graph: ir.Graph, names: NameScope, site: Site, enc: Encoded, spe
             for role in spec.scaled_roles:
                 arr = enc.arrays[role]
                 scaled = (arr.astype(np.float32) * np.float32(alpha)).astype(arr.dtype)
-                values[role] = _initializer(graph, names, f"{base}.{role}", np.ascontiguousarray(scaled))
+                values[role] = add_initializer(graph, names, f"{base}.{role}", np.ascontiguousarray(scaled))
                 nbytes += scaled.nbytes
             by_alpha[alpha] = values
         _replace(graph, names, use, spec, by_alpha[alpha], site.n)
@@ -236,7 +222,9 @@ def _replace(
             and (c_tensor.size == 1 or c_shape[-1] == n)
         ):
             vec = np.broadcast_to(c_tensor.numpy().astype(np.float32).reshape(-1) * np.float32(beta), (n,))
-            const = _initializer(graph, names, f"{name}.bias", np.ascontiguousarray(vec.astype(c_tensor.dtype.numpy())))
+            const = add_initializer(
+                graph, names, f"{name}.bias", np.ascontiguousarray(vec.astype(c_tensor.dtype.numpy()))
+            )
             if spec.bias_index is not None:
                 bias_value = const
             else:
@@ -245,7 +233,7 @@ def _replace(
             addend = c
             if beta != 1.0:
                 dtype = c.type.dtype.numpy() if c.type is not None else np.float32
-                beta_v = _initializer(graph, names, f"{name}.beta", np.asarray(beta, dtype=dtype))
+                beta_v = add_initializer(graph, names, f"{name}.beta", np.asarray(beta, dtype=dtype))
                 mul = ir.node("Mul", [c, beta_v], name=names.fresh(f"{name}.beta_c"))
                 extra.append(mul)
                 addend = mul.outputs[0]

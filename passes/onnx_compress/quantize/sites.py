@@ -18,12 +18,13 @@ Gemm(A, B, transB=1)           [N, K]           1          0
 
 from __future__ import annotations
 
-__all__ = ["Site", "Use", "find_sites", "layer_name"]
+__all__ = ["Site", "StoredWeight", "Use", "find_sites", "layer_name"]
 
 import ast
 import dataclasses
 import enum
 import logging
+from typing import Any
 
 import onnx_ir as ir
 
@@ -51,20 +52,18 @@ class Use:
     channel_axis: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Site:
-    """A constant weight consumed by MatMul/Gemm nodes. ``skip`` says why it stays float."""
+class StoredWeight:
+    """What every kind of weight site shares: a constant ``value`` and its consumers ``uses``
+    (each with a ``node``). Mixed into frozen dataclasses that define those two fields."""
 
     value: ir.Value
-    uses: tuple[Use, ...]
-    skip: str | None = None
-    tied: bool = False  # skipped only because Gather nodes read it too (an embedding tied to lm_head)
+    uses: tuple[Any, ...]
 
     @property
     def tensor(self) -> ir.TensorProtocol:
         tensor = ir.convenience.get_const_tensor(self.value)
         if tensor is None:
-            raise RuntimeError(f"site {self.value.name} has no constant tensor")  # find_sites checked
+            raise RuntimeError(f"site {self.value.name} has no constant tensor")  # the site finders checked
         return tensor
 
     @property
@@ -74,6 +73,30 @@ class Site:
     @property
     def dtype(self) -> ir.DataType:
         return self.tensor.dtype
+
+    @property
+    def name(self) -> str:
+        """Human name of the layer: the module path from the exporter where known."""
+        if not self.uses:
+            return self.value.name or "<unnamed>"
+        return layer_name(self.uses[0].node, self.value)
+
+    def names(self) -> list[str]:
+        """Every name a user may refer to this weight by (for exclude patterns)."""
+        out = [self.name, self.value.name or ""]
+        for use in self.uses:
+            out += [layer_name(use.node, self.value), use.node.name or ""]
+        return [n for n in dict.fromkeys(out) if n]
+
+
+@dataclasses.dataclass(frozen=True)
+class Site(StoredWeight):
+    """A constant weight consumed by MatMul/Gemm nodes. ``skip`` says why it stays float."""
+
+    value: ir.Value
+    uses: tuple[Use, ...]
+    skip: str | None = None
+    tied: bool = False  # skipped only because Gather nodes read it too (an embedding tied to lm_head)
 
     @property
     def reduction_axis(self) -> int:
@@ -90,20 +113,6 @@ class Site:
     @property
     def n(self) -> int:
         return self.shape[self.channel_axis]
-
-    @property
-    def name(self) -> str:
-        """Human name of the layer: the module path from the exporter where known."""
-        if not self.uses:
-            return self.value.name or "<unnamed>"
-        return layer_name(self.uses[0].node, self.value)
-
-    def names(self) -> list[str]:
-        """Every name a user may refer to this site by (for --exclude)."""
-        out = [self.name, self.value.name or ""]
-        for use in self.uses:
-            out += [layer_name(use.node, self.value), use.node.name or ""]
-        return [n for n in dict.fromkeys(out) if n]
 
 
 def layer_name(node: ir.Node, weight: ir.Value | None = None) -> str:

@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from onnx_compress.calibration.stats import ActivationStats
 from onnx_compress.errors import CalibrationDataError
-from onnx_compress.ir_utils import NameScope
+from onnx_compress.ir_utils import NameScope, add_initializer
 from onnx_compress.numerics import activation
 from onnx_compress.quantize.sites import Site, Use, UseKind
 from onnx_compress.recipe import ActCalib, WeightFormat
@@ -127,18 +127,6 @@ class ActivationRanges:
         return float(activation.scale_from_amax(self.stats[key].amax))
 
 
-def _const(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:
-    name = names.fresh(base)
-    value = ir.Value(
-        name=name,
-        shape=ir.Shape(array.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
-    )
-    graph.register_initializer(value)
-    return value
-
-
 def _params(
     graph: ir.Graph, names: NameScope, ranges: ActivationRanges, value: ir.Value, fmt: WeightFormat, dtype: ir.DataType
 ) -> tuple[ir.Value, ir.Value]:
@@ -146,9 +134,11 @@ def _params(
     assert value.name is not None
     key = (value.name, fmt)
     if key not in ranges._params:
-        scale = _const(graph, names, f"{value.name}.act_scale", np.asarray(ranges.scale(value.name), dtype.numpy()))
+        scale = add_initializer(
+            graph, names, f"{value.name}.act_scale", np.asarray(ranges.scale(value.name), dtype.numpy())
+        )
         zp_array = np.asarray(128, np.uint8) if fmt is WeightFormat.QLINEAR else np.asarray(0, np.int8)
-        ranges._params[key] = (scale, _const(graph, names, f"{value.name}.act_zero_point", zp_array))
+        ranges._params[key] = (scale, add_initializer(graph, names, f"{value.name}.act_zero_point", zp_array))
     return ranges._params[key]
 
 
@@ -205,7 +195,7 @@ def _distinct_scale(
     nudged = base.numpy().astype(dtype.numpy())
     for _ in range(count):
         nudged = np.nextafter(nudged, np.asarray(np.inf, nudged.dtype))
-    return _const(graph, names, f"{value.name}.act_scale", np.asarray(nudged))
+    return add_initializer(graph, names, f"{value.name}.act_scale", np.asarray(nudged))
 
 
 def _emit_qdq_activations(graph: ir.Graph, names: NameScope, site: Site, ranges: ActivationRanges) -> None:
@@ -236,8 +226,8 @@ def _emit_qlinear(
     graph: ir.Graph, names: NameScope, site: Site, q_kn: np.ndarray, scales_n: np.ndarray, ranges: ActivationRanges
 ) -> None:
     base = site.value.name or site.name
-    w = _const(graph, names, f"{base}.int8", np.ascontiguousarray(q_kn))
-    wzp = _const(graph, names, f"{base}.zero_point", np.zeros(site.n, np.int8))
+    w = add_initializer(graph, names, f"{base}.int8", np.ascontiguousarray(q_kn))
+    wzp = add_initializer(graph, names, f"{base}.zero_point", np.zeros(site.n, np.int8))
     for use in site.uses:
         node = use.node
         a = node.inputs[0]
@@ -245,13 +235,15 @@ def _emit_qlinear(
         a_dtype = a.dtype or site.dtype
         dtype = a_dtype.numpy()
         alpha = node.attributes.get_float("alpha", 1.0) if use.kind is UseKind.GEMM else 1.0
-        ws = _const(graph, names, f"{base}.scale", (scales_n.astype(np.float32) * np.float32(alpha)).astype(dtype))
+        ws = add_initializer(
+            graph, names, f"{base}.scale", (scales_n.astype(np.float32) * np.float32(alpha)).astype(dtype)
+        )
         xq, xs, xzp = _shared_quantized(graph, names, ranges, a, a_dtype)
         old_out = node.outputs[0]
         out_key = old_out.name
         assert out_key is not None
-        ys = _const(graph, names, f"{out_key}.act_scale", np.asarray(ranges.output_scale(out_key), dtype))
-        yzp = _const(graph, names, f"{out_key}.act_zero_point", np.asarray(128, np.uint8))
+        ys = add_initializer(graph, names, f"{out_key}.act_scale", np.asarray(ranges.output_scale(out_key), dtype))
+        yzp = add_initializer(graph, names, f"{out_key}.act_zero_point", np.asarray(128, np.uint8))
         name = names.fresh(f"{node.name or 'matmul'}.qlinear")
         qmm = ir.node("QLinearMatMul", [xq, xs, xzp, w, ws, wzp, ys, yzp], name=name)
         qmm.outputs[0].name = names.fresh(f"{out_key}.quantized")
@@ -265,7 +257,7 @@ def _emit_qlinear(
             c_tensor = ir.convenience.get_const_tensor(c)
             if c_tensor is not None:
                 vec = (c_tensor.numpy().astype(np.float32) * np.float32(beta)).astype(dtype)
-                addend = _const(graph, names, f"{name}.bias", vec)
+                addend = add_initializer(graph, names, f"{name}.bias", vec)
             else:  # _infeasible keeps non-constant C with beta != 1 in QDQ form
                 addend = c
             add = ir.node("Add", [result, addend], name=names.fresh(f"{name}.bias_add"))

@@ -34,7 +34,7 @@ import onnx_ir as ir
 from onnx_compress.calibration.layer_inputs import LayerInputs
 from onnx_compress.calibration.stats import ActivationStats
 from onnx_compress.errors import UnsupportedModelError
-from onnx_compress.ir_utils import NameScope, dtype_name, ensure_opset, remove_if_unused
+from onnx_compress.ir_utils import NameScope, add_initializer, dtype_name, ensure_opset, remove_if_unused
 from onnx_compress.numerics import activation
 from onnx_compress.parallel import ordered_map
 from onnx_compress.quantize.emit import CUSTOM_DOMAIN, MS_DOMAIN, emit
@@ -416,20 +416,14 @@ def fold_weight_transposes(graph: ir.Graph) -> int:
     embedding Gather of a tied lm_head, as the dynamo exporter writes SmolLM2's). Returns how
     many weights were folded."""
     folded = 0
+    names = NameScope(graph)
     for node, producer, source in _transposed_weights(graph):
         tensor = ir.convenience.get_const_tensor(source)
         assert tensor is not None  # _transposed_weights checked
         array = tensor.numpy()
         perm = producer.attributes.get_ints("perm")
         transposed = np.ascontiguousarray(np.transpose(array, perm if perm is not None else None))
-        name = NameScope(graph).fresh(f"{source.name or 'weight'}.transposed")
-        value = ir.Value(
-            name=name,
-            shape=ir.Shape(transposed.shape),
-            type=ir.TensorType(tensor.dtype),
-            const_value=ir.tensor(transposed, name=name),
-        )
-        graph.register_initializer(value)
+        value = add_initializer(graph, names, f"{source.name or 'weight'}.transposed", transposed)
         node.replace_input_with(1, value)
         if not producer.outputs[0].uses() and not producer.outputs[0].is_graph_output():
             graph.remove(producer, safe=True)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnx_compress.calibration.layer_inputs import _key
 from onnx_compress.calibration.stats import ActivationStats
 from onnx_compress.errors import CalibrationDataError, UnsupportedModelError
 from onnx_compress.numerics import sparse24
@@ -102,11 +103,6 @@ def _output_projection(node: ir.Node) -> str | None:
     return value.name if value.is_graph_output() else None
 
 
-def _key(activation: tuple[str, bool]) -> str:
-    name, transposed = activation
-    return name + "#T" if transposed else name
-
-
 def activation_keys(graph: ir.Graph) -> list[str]:
     """Statistics keys of the inputs of every MatMul/Gemm weight :class:`SparsifyPass` may prune
     with wanda (Conv inputs have none: wanda falls back to magnitude there)."""
@@ -114,7 +110,7 @@ def activation_keys(graph: ir.Graph) -> list[str]:
     for site in find_weight_sites(graph):
         for use in site.uses:
             if use.activation is not None and use.node.op_type != "Conv":
-                keys.add(_key(use.activation))
+                keys.add(_key(*use.activation))
     return sorted(keys)
 
 
@@ -163,7 +159,7 @@ class SparsifyPass(ir.passes.InPlacePass):
         for use in site.uses:
             if use.node.op_type == "Conv" or use.activation is None:
                 return None, f"no activation statistics for {use.op} inputs: magnitude used"
-            key = _key(use.activation)
+            key = _key(*use.activation)
             if key not in self.stats:
                 raise CalibrationDataError(
                     f"the calibration statistics have no entry for '{key}' (the input of {use.label}); they were "

@@ -33,7 +33,7 @@ import logging
 import onnx_ir as ir
 
 from onnx_compress.ir_utils import tensor_shape
-from onnx_compress.quantize.sites import layer_name
+from onnx_compress.quantize.sites import StoredWeight
 
 logger = logging.getLogger(__name__)
 
@@ -74,23 +74,12 @@ class WeightUse:
 
 
 @dataclasses.dataclass(frozen=True)
-class WeightSite:
+class WeightSite(StoredWeight):
     """A stored constant weight and its consumers; ``skip`` says why it cannot be 2:4."""
 
     value: ir.Value
     uses: tuple[WeightUse, ...]
     skip: str | None = None
-
-    @property
-    def tensor(self) -> ir.TensorProtocol:
-        tensor = ir.convenience.get_const_tensor(self.value)
-        if tensor is None:
-            raise RuntimeError(f"weight site {self.value.name} has no constant tensor")  # find_weight_sites checked
-        return tensor
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tensor_shape(self.tensor)
 
     @property
     def axis(self) -> int:
@@ -105,18 +94,6 @@ class WeightSite:
             if node.op_type == "DequantizeLinear":
                 return node
         return None
-
-    @property
-    def name(self) -> str:
-        """The layer's module path where the exporter recorded one, else the weight's name."""
-        return layer_name(self.uses[0].node, self.value) if self.uses else (self.value.name or "<unnamed>")
-
-    def names(self) -> list[str]:
-        """Every name a user may refer to this weight by (for exclude patterns)."""
-        out = [self.name, self.value.name or ""]
-        for use in self.uses:
-            out += [layer_name(use.node, self.value), use.node.name or ""]
-        return [n for n in dict.fromkeys(out) if n]
 
 
 def _stored(value: ir.Value) -> ir.Value | None:

@@ -157,7 +157,7 @@ def test_cli_w8a8_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture
     onnx.save(proto, src)
     out = tmp_path / "out.onnx"
     assert cli.main([str(src), str(out), "--quantize", "w8a8", "--min-dim", "1"]) == 7
-    assert "w8a8 needs calibration data" in capsys.readouterr().err or not out.exists()
+    assert "step 'quantize' needs calibration data" in capsys.readouterr().err
     assert not out.exists()
     assert cli.main([str(src), str(out), "--smooth", "0.5"]) == 2
     assert "needs a w8a8 quantize step" in capsys.readouterr().err
