@@ -8,6 +8,10 @@
 // "nf4dq" runs NF4 with a double-quantized absmax (int8 codes + one float scale per 256 + an
 // offset, decoded in the kernels) instead of float16 absmax.
 //
+// Each M > 2 runs twice: our own kernels ("gemv"/"tc") and the large-M path ("dqgemm": chunks
+// of the weights dequantized into a workspace, then cublasGemmEx; chunk of CHUNK_MB MiB, default
+// 16, more sizes with CHUNKS="8 16 32"); the library picks dqgemm from kDequantGemmMinRows rows.
+//
 // Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
 // Each result is checked against cuBLAS on the same dequantized weights (float16 relative
 // error). Times are CUDA-event medians of kernel launches alone: ORT's per-op overhead is not in
@@ -172,7 +176,19 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     }
     CK(cudaGetLastError());
     const double weight_bytes = double(b_bytes) + (dq ? s_elems + s2_elems * 4.0 : s_elems * 2.0);
-    for (int m : ms) {
+    std::vector<std::pair<int, int64_t>> paths = {{1, 0}};  // (force, chunk MiB)
+    const char* chunks_env = std::getenv("CHUNKS");
+    std::string chunks = chunks_env ? chunks_env : "16";
+    for (size_t pos = 0; pos < chunks.size();) {
+      const size_t end = chunks.find(' ', pos);
+      const std::string tok = chunks.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+      if (!tok.empty()) paths.push_back({2, std::atoll(tok.c_str())});
+      if (end == std::string::npos) break;
+      pos = end + 1;
+    }
+    for (int m : ms)
+    for (const auto& [force, chunk_mb] : paths) {
+      if (force == 2 && m <= 2) continue;
       CudaCall call;
       call.a = a;
       call.m = m;
@@ -181,7 +197,13 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       call.p = p;
       call.stream = stream;
       call.sm_count = sms;
+      call.force = force;
+      call.blas = oco::CublasApi::Get();
+      call.blas_handle = handle;
+      call.chunk_bytes = chunk_mb << 20;
       const CudaPlan plan = oco::cuda::Plan(call);
+      const size_t ws_bytes = oco::WorkspaceBytes(call, plan);
+      if (ws_bytes > 0) CK(cudaMalloc(&call.workspace, ws_bytes));
       auto ours = [&](int i) {
         call.b = bs[i % kCopies];
         call.scales = ss[i % kCopies];
@@ -215,10 +237,11 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
                         CUBLAS_GEMM_DEFAULT));
       };
       const float t_fp16 = MedianUs(cublas, 20, stream);
-      const char* kernel = plan.tensor_cores ? "tc" : "gemv";
-      std::printf("%-5s %5lldx%-5lld M=%-5d %-4s bm=%-4d ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
+      const char* kernel = plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
+      if (call.workspace) CK(cudaFree(call.workspace));
+      std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",
-                  name, (long long)p.K, (long long)p.N, m, kernel, plan.bm, t_ours, t_fp16, t_fp16 / t_ours,
+                  name, (long long)p.K, (long long)p.N, m, kernel, plan.bm, (long long)plan.chunk_panels, t_ours, t_fp16, t_fp16 / t_ours,
                   weight_bytes / t_ours / 1e3, 100.0 * weight_bytes / (t_ours * 1e-6) / copy_bw, rel,
                   (finite && rel < 2e-3) ? "" : "  WRONG");
       std::fflush(stdout);

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/cublas_api.h"
 #include "common/ops_common.h"
 
 namespace oco {
@@ -29,6 +30,13 @@ struct CudaCall {
   DequantParams p;
   cudaStream_t stream = nullptr;
   int sm_count = 132;
+  // Large-M path (dequantize chunks of B into `workspace`, cublasGemmEx per chunk): taken when
+  // `blas` is set and M is large enough; `blas_handle` is a cuBLAS handle of this device.
+  const CublasApi* blas = nullptr;
+  void* blas_handle = nullptr;
+  void* workspace = nullptr;                  // WorkspaceBytes(call, plan) bytes (device)
+  int64_t chunk_bytes = int64_t{16} << 20;    // dequantized bytes per chunk (L2-resident on an H100)
+  int force = 0;                              // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS
 };
 
 // How a call is run: which kernel and tile.
@@ -36,7 +44,20 @@ struct CudaPlan {
   bool tensor_cores = false;
   int bm = 0;  // rows per CTA of the tensor-core kernel
   int mr = 0;  // rows of A per CTA of the SIMT kernel
+  bool dequant_gemm = false;  // dequantize chunk_panels panels at a time, then cuBLAS
+  int64_t chunk_panels = 0;
 };
+
+// Rows of A from which dequantize + cuBLAS beats our tensor-core kernel (measured on an H100:
+// docs/benchmarks.md, tools/cuda/kernel_bench.cu).
+inline constexpr int64_t kDequantGemmMinRows = 32;
+
+inline size_t ElementBytes(DType t) { return t == DType::kFloat ? 4 : 2; }
+
+// Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes).
+inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
+  return plan.dequant_gemm ? static_cast<size_t>(plan.chunk_panels) * 32 * call.p.K * ElementBytes(call.type) : 0;
+}
 
 CudaPlan PlanNf4(const CudaCall& call);
 cudaError_t LaunchNf4(const CudaCall& call, const CudaPlan& plan);

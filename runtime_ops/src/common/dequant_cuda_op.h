@@ -5,6 +5,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
 #include <vector>
 
 #include "common/dequant_cuda.h"
@@ -23,12 +26,27 @@ inline void CheckCuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(Str(what, " failed: ", cudaGetErrorString(err)));
 }
 
+// Large M (see kDequantGemmMinRows) goes through cuBLAS on dequantized chunks of B when a
+// libcublas can be loaded: the kernel then owns a cuBLAS handle (created on first use, on the
+// device of the inputs) and takes its workspace from the stream-ordered allocator on ORT's
+// stream for the duration of the call. Without cuBLAS every M runs our own kernels. The
+// environment variable ONNX_COMPRESS_CUDA_CHUNK_BYTES (read when the session creates the kernel)
+// sets the dequantized bytes per chunk (tests use 1: one 32-channel panel per chunk).
+//
 // Format: kOp, kScaleName, kBType, kBytesPerK, kDoubleQuant, Params(info), Plan(call), Launch(call, plan).
 // kDoubleQuant: the scales may be int8 with inputs 4 and 5 (scale2, offset), as for NF4MatMul.
 template <typename Format, ONNXTensorElementDataType kType>
 class DequantMatMulCudaKernel {
  public:
-  explicit DequantMatMulCudaKernel(const OrtKernelInfo* info) : p_(Format::Params(Ort::ConstKernelInfo(info))) {}
+  explicit DequantMatMulCudaKernel(const OrtKernelInfo* info) : p_(Format::Params(Ort::ConstKernelInfo(info))) {
+    if (const char* v = std::getenv("ONNX_COMPRESS_CUDA_CHUNK_BYTES"))
+      chunk_bytes_ = std::max<int64_t>(1, std::atoll(v));
+  }
+  ~DequantMatMulCudaKernel() {
+    if (blas_handle_ != nullptr) CublasApi::Get()->destroy(blas_handle_);
+  }
+  DequantMatMulCudaKernel(const DequantMatMulCudaKernel&) = delete;
+  DequantMatMulCudaKernel& operator=(const DequantMatMulCudaKernel&) = delete;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return Guard(Format::kOp, [&] { Compute(Ort::KernelContext(context)); });
@@ -68,13 +86,34 @@ class DequantMatMulCudaKernel {
     call.p = p_;
     call.stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
     call.sm_count = sm_count_;
-    const CudaPlan plan = Format::Plan(call);
-
-    CheckCuda(Format::Launch(call, plan), Format::kOp);
+    call.blas = CublasApi::Get();
+    call.chunk_bytes = chunk_bytes_;
+    CudaPlan plan = Format::Plan(call);
+    if (!plan.dequant_gemm) {
+      CheckCuda(Format::Launch(call, plan), Format::kOp);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(blas_mu_);  // one handle: its stream is set per call
+    if (blas_handle_ == nullptr && call.blas->create(&blas_handle_) != 0) {
+      blas_handle_ = nullptr;  // no cuBLAS context on this device: our own kernels for every M
+      call.blas = nullptr;
+      plan = Format::Plan(call);
+      CheckCuda(Format::Launch(call, plan), Format::kOp);
+      return;
+    }
+    call.blas_handle = blas_handle_;
+    CheckCuda(cudaMallocAsync(&call.workspace, WorkspaceBytes(call, plan), call.stream), "cudaMallocAsync (workspace)");
+    const cudaError_t err = Format::Launch(call, plan);
+    const cudaError_t freed = cudaFreeAsync(call.workspace, call.stream);
+    CheckCuda(err, "dequantize + cuBLAS GEMM");
+    CheckCuda(freed, "cudaFreeAsync (workspace)");
   }
 
   DequantParams p_;
   int sm_count_ = 0;
+  int64_t chunk_bytes_ = CudaCall().chunk_bytes;
+  std::mutex blas_mu_;
+  CublasApi::Handle blas_handle_ = nullptr;
 };
 
 template <typename Format, ONNXTensorElementDataType kType>

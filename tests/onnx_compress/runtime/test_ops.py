@@ -239,6 +239,29 @@ def test_bfloat16_on_cuda(op: str) -> None:
         assert rel(y, a.astype(np.float64) @ w) < TOL["kernel_bfloat16"]
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+@pytest.mark.parametrize(("op", "block"), [("NF4MatMul", 32), ("Int8MatMul", 0), ("Int8MatMul", 64)])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_large_m_in_chunks_on_cuda(op: str, block: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From 32 rows on the CUDA kernels dequantize the weights chunk by chunk into a workspace and
+    call cuBLAS per chunk; one 32-channel panel per chunk here (the last one partial: N = 65), K
+    odd, with a bias, so every chunk boundary and the bias epilogue are checked."""
+    monkeypatch.setenv("ONNX_COMPRESS_CUDA_CHUNK_BYTES", "1")
+    k, n = 301, 65
+    np_dtype = DTYPES[dtype][1]
+    b, s, w = make_weights(op, k, n, block, np.float32, 23)
+    rng = np.random.default_rng(24)
+    bias = rng.standard_normal(n).astype(np_dtype)
+    sess = session(make_model(op, k, n, block, dtype, b, s, bias), "cuda")
+    for m in (32, 40, 257):
+        a = rng.standard_normal((m, k)).astype(np_dtype)
+        y = run_poisoned(sess, a, n, "cuda")
+        assert y.shape == (m, n) and np.isfinite(y.astype(np.float32)).all()
+        ref = a.astype(np.float64) @ w + bias.astype(np.float64)
+        assert rel(y, ref) < TOL[f"kernel_{dtype}"], m
+
+
 def test_reference_evaluator_agrees_with_numerics() -> None:
     for op, k, n, block in CASES[:2] + CASES[4:5]:
         b, s, w = make_weights(op, k, n, block, np.float32, 1)
