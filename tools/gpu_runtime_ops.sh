@@ -17,6 +17,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 inc=${ORT_INCLUDE_DIR:-$PWD/.gpu/ort-include}
+# Kernel times without ORT first (CUDA events, cuBLAS fp16 baseline; CHUNKS sets the chunk
+# sizes of the dequantize + cuBLAS path): tools/cuda/kernel_bench.cu
+bash tools/cuda/run_kernel_bench.sh > "$out/kernel_bench.txt" 2>&1; tail -80 "$out/kernel_bench.txt"
 build=/tmp/oco-build
 {
   cmake -S runtime_ops -B "$build" -DCMAKE_BUILD_TYPE=Release -DOCO_CUDA=ON -DOCO_CUDA_ARCHS="80;90" \
@@ -31,5 +34,3 @@ timeout 400 python3 -m tools.bench_runtime_ops --device cuda --json "$out/bench_
 # Per-op overhead floor: tiny layers, where the kernels take no time.
 timeout 120 python3 -m tools.bench_runtime_ops --device cuda --shapes 256x256 --m 1 16 --formats float nbits4 ours-nf4 \
   --repeats 3 2>&1 | tee "$out/overhead.log" | tail -6
-# Kernel times without ORT (CUDA events, cuBLAS fp16 baseline): tools/cuda/kernel_bench.cu
-bash tools/cuda/run_kernel_bench.sh > "$out/kernel_bench.txt" 2>&1; tail -30 "$out/kernel_bench.txt"
