@@ -77,7 +77,6 @@ inline Params MakeParams(const DequantParams& p) {
 struct Nf4Decoder {
   static constexpr int kBytesPerK = 16;
   static constexpr bool kNeedsLut = true;
-  static constexpr bool kPairTable = true;  // the GEMV decodes a byte (two codes) per lookup
   static constexpr bool kDoubleQuant = true;  // int8 scales (absmax) with scale2 / offset
   struct Row {
     uint4 v;
@@ -95,18 +94,6 @@ struct Nf4Decoder {
       out[16 + i] = lut[byte >> 4];
     }
   }
-  // The same through the GEMV's pair table: tab[32 * byte] (tab offset by the lane: each lane has
-  // its own copy, so a warp's lookups never conflict in a bank) = (lut[byte & 15], lut[byte >> 4]).
-  // One 8-byte shared load per two weights instead of two 4-byte loads and their index arithmetic.
-  __device__ static __forceinline__ void DecodePairs(const Row& r, const float2* tab, float out[32]) {
-    const uint32_t w[4] = {r.v.x, r.v.y, r.v.z, r.v.w};
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const float2 v = tab[32 * ((w[i / 4] >> (8 * (i % 4))) & 0xFF)];
-      out[i] = v.x;
-      out[16 + i] = v.y;
-    }
-  }
   // Channels 16 * ch .. 16 * ch + 15 of one k-row (ch 0: low nibbles, 1: high nibbles).
   __device__ static __forceinline__ void Row16(const uint8_t* row, int ch, const float* lut, float out[16]) {
     const uint4 v = *reinterpret_cast<const uint4*>(row);
@@ -120,7 +107,6 @@ struct Nf4Decoder {
 struct Int8Decoder {
   static constexpr int kBytesPerK = 32;
   static constexpr bool kNeedsLut = false;
-  static constexpr bool kPairTable = false;
   static constexpr bool kDoubleQuant = false;
   struct Row {
     uint4 lo, hi;
@@ -133,7 +119,6 @@ struct Int8Decoder {
 #pragma unroll
     for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(static_cast<int8_t>((w[i / 4] >> (8 * (i % 4))) & 0xFF));
   }
-  __device__ static __forceinline__ void DecodePairs(const Row& r, const float2*, float out[32]) { Decode(r, nullptr, out); }
   __device__ static __forceinline__ void Row16(const uint8_t* row, int ch, const float*, float out[16]) {
     const uint4 v = *reinterpret_cast<const uint4*>(row + 16 * ch);
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -220,21 +205,11 @@ __device__ __forceinline__ void GemvLoad(const KernelArgs<T, S>& g, int64_t pane
   }
 }
 
-// The GEMV's decode of one k-row: through the pair table where the format has one.
-template <class Dec>
-__device__ __forceinline__ void GemvDecode(const typename Dec::Row& row, const float* lut, const float2* tab,
-                                           float w[kPanel]) {
-  if constexpr (Dec::kPairTable)
-    Dec::DecodePairs(row, tab, w);
-  else
-    Dec::Decode(row, lut, w);
-}
-
 template <class Dec, int MR>
-__device__ __forceinline__ void GemvFma(const GemvRow<Dec, MR>& r, const float* s, const float* lut, const float2* tab,
+__device__ __forceinline__ void GemvFma(const GemvRow<Dec, MR>& r, const float* s, const float* lut,
                                         float acc[MR][kPanel]) {
   float w[kPanel];
-  GemvDecode<Dec>(r.row, lut, tab, w);
+  Dec::Decode(r.row, lut, w);
 #pragma unroll
   for (int j = 0; j < kPanel; ++j) {
     const float ws = w[j] * s[j];
@@ -247,26 +222,22 @@ __device__ __forceinline__ void GemvFma(const GemvRow<Dec, MR>& r, const float* 
 // scaled once (one multiply per channel and block instead of one per weight).
 template <class Dec, typename T, typename S, int MR>
 __device__ __forceinline__ void GemvCompute(const KernelArgs<T, S>& g, const GemvStep<Dec, MR>& st, int64_t k0,
-                                            const float* scales_s, const float* lut, const float2* tab,
-                                            float acc[MR][kPanel]) {
+                                            const float* scales_s, const float* lut, float acc[MR][kPanel]) {
   if constexpr (MR > 1) {  // no registers left for per-block partial sums: scale every weight
 #pragma unroll
     for (int i = 0; i < kGemvRows<Dec, MR>; ++i)
-      GemvFma<Dec, MR>(st.r[i], scales_s + g.p.Block(k0 + 32 * i) * kPanel, lut, tab, acc);
+      GemvFma<Dec, MR>(st.r[i], scales_s + g.p.Block(k0 + 32 * i) * kPanel, lut, acc);
   } else {
   float part[MR][kPanel];
 #pragma unroll
   for (int i = 0; i < kGemvRows<Dec, MR>; ++i) {
     float w[kPanel];
-    GemvDecode<Dec>(st.r[i].row, lut, tab, w);
+    Dec::Decode(st.r[i].row, lut, w);
     const bool first = i == 0 || g.p.Block(k0 + 32 * i) != g.p.Block(k0 + 32 * (i - 1));
 #pragma unroll
-    for (int jj = 0; jj < kPanel; ++jj) {
-      // in the decoder's order (pairs: channels i and 16 + i together): fewer values live
-      const int j = Dec::kPairTable ? (jj & 1 ? 16 + jj / 2 : jj / 2) : jj;
+    for (int j = 0; j < kPanel; ++j)
 #pragma unroll
       for (int mi = 0; mi < MR; ++mi) part[mi][j] = first ? w[j] * st.r[i].a[mi] : fmaf(w[j], st.r[i].a[mi], part[mi][j]);
-    }
     const bool last = i == kGemvRows<Dec, MR> - 1 || g.p.Block(k0 + 32 * i) != g.p.Block(k0 + 32 * (i + 1));
     if (last) {
       const float* s = scales_s + g.p.Block(k0 + 32 * i) * kPanel;
@@ -286,35 +257,14 @@ __device__ __forceinline__ void GemvCompute(const KernelArgs<T, S>& g, const Gem
 // warps take steps of 4 x 32 k-rows in turn (a 32-row chunk never straddles a scale block:
 // blocks are >= 32), one k-row per lane per chunk (coalesced 512/1024-byte reads), the next
 // step loaded before the current one is computed; then lanes and warps are reduced.
-// Dynamic shared memory: GemvSmemBytes (the scales, blocks * 32 floats, then the pair table
-// where the format has one).
-constexpr int kPairTableEntries = 256 * 32;  // [byte][lane]: one copy per lane (64 KiB)
-
-__host__ __device__ constexpr size_t GemvTableOffset(int64_t blocks) {
-  return (static_cast<size_t>(blocks) * kPanel * sizeof(float) + 15) / 16 * 16;
-}
-template <class Dec>
-__host__ __device__ constexpr size_t GemvSmemBytes(int64_t blocks) {
-  return GemvTableOffset(blocks) + (Dec::kPairTable ? kPairTableEntries * sizeof(float2) : 0);
-}
-
+// Dynamic shared memory: blocks * 32 floats.
 template <class Dec, typename T, typename S, int MR>
 __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S> g) {
-  extern __shared__ __align__(16) float scales_s[];  // [blocks][32], then the pair table
-  float2* tab = reinterpret_cast<float2*>(reinterpret_cast<unsigned char*>(scales_s) + GemvTableOffset(g.p.blocks));
+  extern __shared__ __align__(16) float scales_s[];  // [blocks][32]
   __shared__ float lut[16];
   __shared__ float red[kGemvWarps][MR][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (Dec::kNeedsLut && threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
-  if constexpr (Dec::kPairTable) {
-    // entry (byte, copy) = (lut[byte & 15], lut[byte >> 4]); a warp fills one byte's 32 copies
-    // (a uniform constant-memory read)
-    for (int t = threadIdx.x; t < kPairTableEntries; t += blockDim.x) {
-      const int byte = t / 32;
-      tab[t] = make_float2(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
-    }
-  }
-  const float2* tab_lane = tab + lane;
   const int64_t panel = blockIdx.x;
   const S* sp = g.scales + panel * g.p.blocks * kPanel;
   if constexpr (std::is_same_v<S, int8_t>) {
@@ -342,11 +292,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S
   if (si < steps) GemvLoad(g, panel, si * kStep, lane, s0);
   while (si < steps) {  // ping-pong between s0 and s1: load one step ahead
     if (si + kGemvWarps < steps) GemvLoad(g, panel, (si + kGemvWarps) * kStep, lane, s1);
-    GemvCompute(g, s0, si * kStep, scales_s, lut, tab_lane, acc);
+    GemvCompute(g, s0, si * kStep, scales_s, lut, acc);
     si += kGemvWarps;
     if (si >= steps) break;
     if (si + kGemvWarps < steps) GemvLoad(g, panel, (si + kGemvWarps) * kStep, lane, s0);
-    GemvCompute(g, s1, si * kStep, scales_s, lut, tab_lane, acc);
+    GemvCompute(g, s1, si * kStep, scales_s, lut, acc);
     si += kGemvWarps;
   }
   // The rows past the last whole step, one 32-row chunk per warp.
@@ -355,7 +305,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S
     r.row = Dec::LoadRow(g.b + (panel * g.p.k_pad + k) * Dec::kBytesPerK);
 #pragma unroll
     for (int mi = 0; mi < MR; ++mi) r.a[mi] = (mi < g.m && k < g.p.K) ? ToF(g.a[mi * g.p.K + k]) : 0.0f;
-    GemvFma<Dec, MR>(r, scales_s + g.p.Block(k) * kPanel, lut, tab_lane, acc);
+    GemvFma<Dec, MR>(r, scales_s + g.p.Block(k) * kPanel, lut, acc);
   }
 #pragma unroll
   for (int mi = 0; mi < MR; ++mi) {
@@ -674,8 +624,8 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
   constexpr size_t kMaxSmem = 200 * 1024;
   static const cudaError_t attr = AllowSmem(GemvKernel<Dec, T, S, MR>, kMaxSmem);
   if (attr != cudaSuccess) return attr;
-  const size_t smem = GemvSmemBytes<Dec>(g.p.blocks);
-  if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // > 1088 (NF4) / 1600 scale blocks per channel
+  const size_t smem = static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
+  if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // > 1600 scale blocks per channel
   const dim3 grid(static_cast<unsigned>(g.p.panels), static_cast<unsigned>((g.m + MR - 1) / MR));
   GemvKernel<Dec, T, S, MR><<<grid, kGemvWarps * 32, smem, stream>>>(g);
   return cudaGetLastError();
@@ -687,17 +637,13 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 // small enough to stay in L2 for the GEMM that reads it) and one cublasGemmEx multiplies A by
 // them into Y's columns of the chunk.
 //
-// Thread = (k, panel of the chunk), k fastest: a warp reads 32 consecutive k-rows of a panel
-// (512 / 1024 contiguous bytes) and writes 32 rows of 32 channels (64 / 128 contiguous bytes
-// each). Each weight is code x scale in float, rounded once to T (as the tensor-core decode).
+// Thread = (pair of k-rows, panel of the chunk), panel fastest: a thread reads its panel's two
+// consecutive k-rows (32 / 64 contiguous bytes, whole sectors) and a warp writes each k-row of
+// the chunk as one contiguous run (32 panels x 64 / 128 bytes). Each weight is code x scale in
+// float, rounded once to T (as the tensor-core decode).
 template <class Dec, typename T, typename S>
-__global__ void DequantChunkKernel(KernelArgs<T, S> g, int64_t panel0, int64_t np, T* w) {
-  __shared__ float lut[16];
-  if (threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
-  __syncthreads();
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t k = t % g.p.K, pi = t / g.p.K, panel = panel0 + pi;
-  if (pi >= np || panel >= g.p.panels) return;
+__device__ __forceinline__ void DequantRowTo(const KernelArgs<T, S>& g, int64_t panel, int64_t k, const float* lut,
+                                             T* dst) {
   float v[kPanel];
   Dec::Decode(Dec::LoadRow(g.b + (panel * g.p.k_pad + k) * Dec::kBytesPerK), lut, v);
   const int64_t row = panel * g.p.blocks + g.p.Block(k);
@@ -711,10 +657,22 @@ __global__ void DequantChunkKernel(KernelArgs<T, S> g, int64_t panel0, int64_t n
 #pragma unroll
     for (int c = 0; c < kPanel; ++c) out[c] = FromF<T>(v[c] * ToF(sp[c]));
   }
-  uint4* dst = reinterpret_cast<uint4*>(w + k * (np * kPanel) + pi * kPanel);
   const uint4* src = reinterpret_cast<const uint4*>(out);
 #pragma unroll
-  for (int j = 0; j < static_cast<int>(kPanel * sizeof(T) / 16); ++j) dst[j] = src[j];
+  for (int j = 0; j < static_cast<int>(kPanel * sizeof(T) / 16); ++j) reinterpret_cast<uint4*>(dst)[j] = src[j];
+}
+
+template <class Dec, typename T, typename S>
+__global__ void DequantChunkKernel(KernelArgs<T, S> g, int64_t panel0, int64_t np, T* w) {
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
+  __syncthreads();
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t k = 2 * (t / np), pi = t % np, panel = panel0 + pi;
+  if (k >= g.p.K || panel >= g.p.panels) return;
+  const int64_t ld = np * kPanel;
+  DequantRowTo<Dec>(g, panel, k, lut, w + k * ld + pi * kPanel);
+  if (k + 1 < g.p.K) DequantRowTo<Dec>(g, panel, k + 1, lut, w + (k + 1) * ld + pi * kPanel);
 }
 
 template <typename T>
@@ -740,7 +698,7 @@ cudaError_t LaunchDequantGemm(const KernelArgs<T, S>& g, const CudaCall& call, c
   constexpr cudaDataType kType = BlasType<T>();
   for (int64_t p0 = 0; p0 < g.p.panels; p0 += plan.chunk_panels) {
     const int64_t np = std::min<int64_t>(plan.chunk_panels, g.p.panels - p0);
-    const int64_t threads = np * g.p.K;
+    const int64_t threads = np * ((g.p.K + 1) / 2);
     DequantChunkKernel<Dec, T, S><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, call.stream>>>(g, p0, np, w);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
