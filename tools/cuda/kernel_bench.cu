@@ -182,7 +182,13 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     for (size_t pos = 0; pos < chunks.size();) {
       const size_t end = chunks.find(' ', pos);
       const std::string tok = chunks.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-      if (!tok.empty()) paths.push_back({2, std::atoll(tok.c_str())});
+      if (!tok.empty()) {
+        paths.push_back({2, std::atoll(tok.c_str())});
+        if (std::getenv("SPLIT")) {  // the dequantization and the GEMMs timed apart
+          paths.push_back({3, std::atoll(tok.c_str())});
+          paths.push_back({4, std::atoll(tok.c_str())});
+        }
+      }
       if (end == std::string::npos) break;
       pos = end + 1;
     }
@@ -237,7 +243,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
                         CUBLAS_GEMM_DEFAULT));
       };
       const float t_fp16 = MedianUs(cublas, 20, stream);
-      const char* kernel = plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
+      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
       if (call.workspace) CK(cudaFree(call.workspace));
       std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",

@@ -585,7 +585,7 @@ template <class D, class S> using Tc1k = TcCfg<D, S, 128, 128, 2, 4, 1, 64, 4>;
 inline CudaPlan Plan(const CudaCall& call) {
   const DequantParams& p = call.p;
   CudaPlan plan;
-  const bool large = call.force == 2 || (call.force == 0 && call.m >= kDequantGemmMinRows);
+  const bool large = call.force >= 2 || (call.force == 0 && call.m >= kDequantGemmMinRows);
   if (call.blas != nullptr && large && call.m > kGemvMaxRows) {
     plan.dequant_gemm = true;
     const int64_t panel_bytes = kPanel * p.K * static_cast<int64_t>(ElementBytes(call.type));
@@ -632,34 +632,53 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 }
 
 // ---- large M: dequantize chunks of B, then cuBLAS ----------------------------------------------
-// Our tensor-core kernel loses to cuBLAS from M = 32 on (docs/benchmarks.md); there the weights
+// Our tensor-core kernel loses to this from M = 64 on (docs/benchmarks.md); there the weights
 // of chunk_panels panels are dequantized into the workspace (row-major [K][chunk_panels * 32],
 // small enough to stay in L2 for the GEMM that reads it) and one cublasGemmEx multiplies A by
 // them into Y's columns of the chunk.
 //
-// Thread = (pair of k-rows, panel of the chunk), panel fastest: a thread reads its panel's two
-// consecutive k-rows (32 / 64 contiguous bytes, whole sectors) and a warp writes each k-row of
-// the chunk as one contiguous run (32 panels x 64 / 128 bytes). Each weight is code x scale in
-// float, rounded once to T (as the tensor-core decode).
-template <class Dec, typename T, typename S>
-__device__ __forceinline__ void DequantRowTo(const KernelArgs<T, S>& g, int64_t panel, int64_t k, const float* lut,
-                                             T* dst) {
-  float v[kPanel];
-  Dec::Decode(Dec::LoadRow(g.b + (panel * g.p.k_pad + k) * Dec::kBytesPerK), lut, v);
-  const int64_t row = panel * g.p.blocks + g.p.Block(k);
-  const S* sp = g.scales + row * kPanel;
-  alignas(16) T out[kPanel];
+// Thread = (8 consecutive k-rows, panel of the chunk), panel fastest: a thread reads its panel's
+// rows (128 / 256 contiguous bytes) and the scales of their block once (16-byte loads: the
+// threads of a warp read different panels' scale rows), and a warp writes each k-row of the
+// chunk as one contiguous run (32 panels x 64 / 128 bytes). Each weight is code x scale in float,
+// rounded once to T (as the tensor-core decode).
+constexpr int kDequantRows = 8;
+
+template <typename T, typename S>
+__device__ __forceinline__ void LoadScaleRow(const KernelArgs<T, S>& g, int64_t row, float s[kPanel]) {
+  constexpr int kVec = kPanel * static_cast<int>(sizeof(S)) / 16;
+  uint4 v[kVec];
+  const uint4* src = reinterpret_cast<const uint4*>(g.scales + row * kPanel);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) v[j] = __ldg(src + j);
+  const S* e = reinterpret_cast<const S*>(v);
   if constexpr (std::is_same_v<S, int8_t>) {
     const float scale2 = __ldg(g.scale2 + (row >> kDqRowShift)), offset = __ldg(g.offset);
 #pragma unroll
-    for (int c = 0; c < kPanel; ++c) out[c] = FromF<T>(v[c] * DqScale(sp[c], scale2, offset));
+    for (int c = 0; c < kPanel; ++c) s[c] = DqScale(e[c], scale2, offset);
   } else {
 #pragma unroll
-    for (int c = 0; c < kPanel; ++c) out[c] = FromF<T>(v[c] * ToF(sp[c]));
+    for (int c = 0; c < kPanel; ++c) s[c] = ToF(e[c]);
   }
-  const uint4* src = reinterpret_cast<const uint4*>(out);
+}
+
+// 32 values rounded to T, stored as 16-byte pieces.
+template <typename T>
+__device__ __forceinline__ void StoreRow(T* dst, const float v[kPanel]) {
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
-  for (int j = 0; j < static_cast<int>(kPanel * sizeof(T) / 16); ++j) reinterpret_cast<uint4*>(dst)[j] = src[j];
+    for (int j = 0; j < kPanel / 4; ++j)
+      d[j] = make_uint4(__float_as_uint(v[4 * j]), __float_as_uint(v[4 * j + 1]), __float_as_uint(v[4 * j + 2]),
+                        __float_as_uint(v[4 * j + 3]));
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPanel / 8; ++j)
+      d[j] = make_uint4(Pack2(v[8 * j], v[8 * j + 1], static_cast<T*>(nullptr)),
+                        Pack2(v[8 * j + 2], v[8 * j + 3], static_cast<T*>(nullptr)),
+                        Pack2(v[8 * j + 4], v[8 * j + 5], static_cast<T*>(nullptr)),
+                        Pack2(v[8 * j + 6], v[8 * j + 7], static_cast<T*>(nullptr)));
+  }
 }
 
 template <class Dec, typename T, typename S>
@@ -668,11 +687,32 @@ __global__ void DequantChunkKernel(KernelArgs<T, S> g, int64_t panel0, int64_t n
   if (threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
   __syncthreads();
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t k = 2 * (t / np), pi = t % np, panel = panel0 + pi;
-  if (k >= g.p.K || panel >= g.p.panels) return;
+  const int64_t k0 = kDequantRows * (t / np), pi = t % np, panel = panel0 + pi;
+  if (k0 >= g.p.K || panel >= g.p.panels) return;
   const int64_t ld = np * kPanel;
-  DequantRowTo<Dec>(g, panel, k, lut, w + k * ld + pi * kPanel);
-  if (k + 1 < g.p.K) DequantRowTo<Dec>(g, panel, k + 1, lut, w + (k + 1) * ld + pi * kPanel);
+  // all rows' loads in flight before any store (the stores cannot alias them, but the compiler
+  // does not know)
+  typename Dec::Row rows[kDequantRows];
+#pragma unroll
+  for (int r = 0; r < kDequantRows; ++r)
+    if (k0 + r < g.p.K) rows[r] = Dec::LoadRow(g.b + (panel * g.p.k_pad + k0 + r) * Dec::kBytesPerK);
+  float s[kPanel];
+  int64_t block = g.p.Block(k0);
+  LoadScaleRow(g, panel * g.p.blocks + block, s);
+#pragma unroll
+  for (int r = 0; r < kDequantRows; ++r) {
+    const int64_t k = k0 + r;
+    if (k >= g.p.K) break;
+    if (g.p.Block(k) != block) {  // blocks shorter than 8 rows
+      block = g.p.Block(k);
+      LoadScaleRow(g, panel * g.p.blocks + block, s);
+    }
+    float v[kPanel];
+    Dec::Decode(rows[r], lut, v);
+#pragma unroll
+    for (int c = 0; c < kPanel; ++c) v[c] *= s[c];
+    StoreRow(w + k * ld + pi * kPanel, v);
+  }
 }
 
 template <typename T>
@@ -698,10 +738,13 @@ cudaError_t LaunchDequantGemm(const KernelArgs<T, S>& g, const CudaCall& call, c
   constexpr cudaDataType kType = BlasType<T>();
   for (int64_t p0 = 0; p0 < g.p.panels; p0 += plan.chunk_panels) {
     const int64_t np = std::min<int64_t>(plan.chunk_panels, g.p.panels - p0);
-    const int64_t threads = np * ((g.p.K + 1) / 2);
-    DequantChunkKernel<Dec, T, S><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, call.stream>>>(g, p0, np, w);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
+    const int64_t threads = np * ((g.p.K + kDequantRows - 1) / kDequantRows);
+    if (call.force != 4) {  // 4: benchmarks time the GEMMs alone
+      DequantChunkKernel<Dec, T, S><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, call.stream>>>(g, p0, np, w);
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    if (call.force == 3) continue;  // 3: benchmarks time the dequantization alone
     // column-major view: Y^T[n0 : n0 + cols, :] = W_chunk^T (cols x K, ld np * 32) x A^T (K x m, ld K)
     const int64_t n0 = p0 * kPanel, cols = std::min<int64_t>(np * kPanel, g.p.N - n0);
     if (call.blas->gemm_ex(call.blas_handle, CublasApi::kOpN, CublasApi::kOpN, static_cast<int>(cols),

@@ -35,8 +35,8 @@ struct CudaCall {
   const CublasApi* blas = nullptr;
   void* blas_handle = nullptr;
   void* workspace = nullptr;                  // WorkspaceBytes(call, plan) bytes (device)
-  int64_t chunk_bytes = int64_t{16} << 20;    // dequantized bytes per chunk (L2-resident on an H100)
-  int force = 0;                              // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS
+  int64_t chunk_bytes = int64_t{64} << 20;    // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
+  int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone
 };
 
 // How a call is run: which kernel and tile.
@@ -50,7 +50,7 @@ struct CudaPlan {
 
 // Rows of A from which dequantize + cuBLAS beats our tensor-core kernel (measured on an H100:
 // docs/benchmarks.md, tools/cuda/kernel_bench.cu).
-inline constexpr int64_t kDequantGemmMinRows = 32;
+inline constexpr int64_t kDequantGemmMinRows = 64;
 
 inline size_t ElementBytes(DType t) { return t == DType::kFloat ? 4 : 2; }
 

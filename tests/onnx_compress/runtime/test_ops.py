@@ -244,7 +244,7 @@ def test_bfloat16_on_cuda(op: str) -> None:
 @pytest.mark.parametrize(("op", "block"), [("NF4MatMul", 32), ("Int8MatMul", 0), ("Int8MatMul", 64)])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_large_m_in_chunks_on_cuda(op: str, block: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """From 32 rows on the CUDA kernels dequantize the weights chunk by chunk into a workspace and
+    """From 64 rows on the CUDA kernels dequantize the weights chunk by chunk into a workspace and
     call cuBLAS per chunk; one 32-channel panel per chunk here (the last one partial: N = 65), K
     odd, with a bias, so every chunk boundary and the bias epilogue are checked."""
     monkeypatch.setenv("ONNX_COMPRESS_CUDA_CHUNK_BYTES", "1")
@@ -254,7 +254,7 @@ def test_large_m_in_chunks_on_cuda(op: str, block: int, dtype: str, monkeypatch:
     rng = np.random.default_rng(24)
     bias = rng.standard_normal(n).astype(np_dtype)
     sess = session(make_model(op, k, n, block, dtype, b, s, bias), "cuda")
-    for m in (32, 40, 257):
+    for m in (64, 65, 257):
         a = rng.standard_normal((m, k)).astype(np_dtype)
         y = run_poisoned(sess, a, n, "cuda")
         assert y.shape == (m, n) and np.isfinite(y.astype(np.float32)).all()
