@@ -637,12 +637,14 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 // small enough to stay in L2 for the GEMM that reads it) and one cublasGemmEx multiplies A by
 // them into Y's columns of the chunk.
 //
-// Thread = (8 consecutive k-rows, panel of the chunk), panel fastest: a thread reads its panel's
-// rows (128 / 256 contiguous bytes) and the scales of their block once (16-byte loads: the
-// threads of a warp read different panels' scale rows), and a warp writes each k-row of the
-// chunk as one contiguous run (32 panels x 64 / 128 bytes). Each weight is code x scale in float,
-// rounded once to T (as the tensor-core decode).
+// Warp = 8 consecutive k-rows x 32 panels of the chunk, one panel per lane: a lane reads its
+// panel's rows (128 / 256 contiguous bytes) and the scales of their block once (16-byte loads),
+// decodes and scales a row (code x scale in float, rounded once to T, as the tensor-core decode)
+// into the warp's staging buffer, and the warp then writes the row's 32 panels as one contiguous
+// run, 512 bytes per store instruction (whole sectors; stores straight from the lanes would cover
+// each sector in two halves).
 constexpr int kDequantRows = 8;
+constexpr int kDequantWarps = 8;
 
 template <typename T, typename S>
 __device__ __forceinline__ void LoadScaleRow(const KernelArgs<T, S>& g, int64_t row, float s[kPanel]) {
@@ -664,7 +666,7 @@ __device__ __forceinline__ void LoadScaleRow(const KernelArgs<T, S>& g, int64_t 
 
 // 32 values rounded to T, stored as 16-byte pieces.
 template <typename T>
-__device__ __forceinline__ void StoreRow(T* dst, const float v[kPanel]) {
+__device__ __forceinline__ void StoreRow(void* dst, const float v[kPanel]) {
   uint4* d = reinterpret_cast<uint4*>(dst);
   if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
@@ -681,37 +683,64 @@ __device__ __forceinline__ void StoreRow(T* dst, const float v[kPanel]) {
   }
 }
 
+// Warps per chunk of np panels: ceil(np / 32) per group of 8 k-rows.
+inline int64_t DequantWarps(int64_t K, int64_t np) {
+  return ((np + kPanel - 1) / kPanel) * ((K + kDequantRows - 1) / kDequantRows);
+}
+
 template <class Dec, typename T, typename S>
-__global__ void DequantChunkKernel(KernelArgs<T, S> g, int64_t panel0, int64_t np, T* w) {
+__global__ void __launch_bounds__(kDequantWarps * 32) DequantChunkKernel(KernelArgs<T, S> g, int64_t panel0,
+                                                                          int64_t np, T* w) {
+  constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(T));  // a panel's k-row in T
+  constexpr int kStride = kRowBytes + 16;  // padded: a quarter warp's 16-byte stores hit distinct banks
+  __shared__ __align__(16) unsigned char stage[kDequantWarps][kPanel * kStride];
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
   __syncthreads();
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t k0 = kDequantRows * (t / np), pi = t % np, panel = panel0 + pi;
-  if (k0 >= g.p.K || panel >= g.p.panels) return;
-  const int64_t ld = np * kPanel;
-  // all rows' loads in flight before any store (the stores cannot alias them, but the compiler
-  // does not know)
-  typename Dec::Row rows[kDequantRows];
-#pragma unroll
-  for (int r = 0; r < kDequantRows; ++r)
-    if (k0 + r < g.p.K) rows[r] = Dec::LoadRow(g.b + (panel * g.p.k_pad + k0 + r) * Dec::kBytesPerK);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t gw = static_cast<int64_t>(blockIdx.x) * kDequantWarps + warp;
+  const int64_t warps_per_k = (np + kPanel - 1) / kPanel;
+  const int64_t k0 = kDequantRows * (gw / warps_per_k), pbase = kPanel * (gw % warps_per_k);
+  if (k0 >= g.p.K) return;  // whole warps: no block-wide barrier follows
+  const int64_t pi = pbase + lane, panel = panel0 + pi;
+  const bool valid = pi < np;  // np never runs past the last panel
+  const int rows = static_cast<int>(min(static_cast<int64_t>(kDequantRows), g.p.K - k0));
+  typename Dec::Row row_data[kDequantRows];
   float s[kPanel];
   int64_t block = g.p.Block(k0);
-  LoadScaleRow(g, panel * g.p.blocks + block, s);
+  if (valid) {
+#pragma unroll
+    for (int r = 0; r < kDequantRows; ++r)
+      if (r < rows) row_data[r] = Dec::LoadRow(g.b + (panel * g.p.k_pad + k0 + r) * Dec::kBytesPerK);
+    LoadScaleRow(g, panel * g.p.blocks + block, s);
+  }
+  unsigned char* st = stage[warp];
+  const int64_t ld = np * kPanel;
+  const int64_t run_pieces = (min(np - pbase, static_cast<int64_t>(kPanel)) * kRowBytes) / 16;  // valid 16-byte pieces
 #pragma unroll
   for (int r = 0; r < kDequantRows; ++r) {
+    if (r >= rows) break;  // uniform in the warp
     const int64_t k = k0 + r;
-    if (k >= g.p.K) break;
-    if (g.p.Block(k) != block) {  // blocks shorter than 8 rows
-      block = g.p.Block(k);
-      LoadScaleRow(g, panel * g.p.blocks + block, s);
-    }
-    float v[kPanel];
-    Dec::Decode(rows[r], lut, v);
+    if (valid) {
+      if (g.p.Block(k) != block) {  // blocks are >= 32 rows: only per-channel edge cases reach here
+        block = g.p.Block(k);
+        LoadScaleRow(g, panel * g.p.blocks + block, s);
+      }
+      float v[kPanel];
+      Dec::Decode(row_data[r], lut, v);
 #pragma unroll
-    for (int c = 0; c < kPanel; ++c) v[c] *= s[c];
-    StoreRow(w + k * ld + pi * kPanel, v);
+      for (int c = 0; c < kPanel; ++c) v[c] *= s[c];
+      StoreRow<T>(st + lane * kStride, v);
+    }
+    __syncwarp();
+    unsigned char* dst = reinterpret_cast<unsigned char*>(w + k * ld + pbase * kPanel);
+#pragma unroll
+    for (int j = 0; j < kRowBytes / 16; ++j) {
+      const int piece = j * 32 + lane, o = piece * 16;
+      if (piece < run_pieces)
+        *reinterpret_cast<uint4*>(dst + o) = *reinterpret_cast<const uint4*>(st + (o / kRowBytes) * kStride + o % kRowBytes);
+    }
+    __syncwarp();
   }
 }
 
@@ -738,9 +767,9 @@ cudaError_t LaunchDequantGemm(const KernelArgs<T, S>& g, const CudaCall& call, c
   constexpr cudaDataType kType = BlasType<T>();
   for (int64_t p0 = 0; p0 < g.p.panels; p0 += plan.chunk_panels) {
     const int64_t np = std::min<int64_t>(plan.chunk_panels, g.p.panels - p0);
-    const int64_t threads = np * ((g.p.K + kDequantRows - 1) / kDequantRows);
+    const int64_t blocks = (DequantWarps(g.p.K, np) + kDequantWarps - 1) / kDequantWarps;
     if (call.force != 4) {  // 4: benchmarks time the GEMMs alone
-      DequantChunkKernel<Dec, T, S><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, call.stream>>>(g, p0, np, w);
+      DequantChunkKernel<Dec, T, S><<<static_cast<unsigned>(blocks), kDequantWarps * 32, 0, call.stream>>>(g, p0, np, w);
       const cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }

@@ -35,7 +35,7 @@ struct CudaCall {
   const CublasApi* blas = nullptr;
   void* blas_handle = nullptr;
   void* workspace = nullptr;                  // WorkspaceBytes(call, plan) bytes (device)
-  int64_t chunk_bytes = int64_t{64} << 20;    // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
+  int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone
 };
 
