@@ -11,7 +11,7 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
   for cfg in ${PROFILE}; do  # e.g. PROFILE="nf4:4096:11008:1024 nf4:4096:11008:16"
     IFS=: read -r fmt k n m <<<"$cfg"
     timeout 120 ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
-      --section MemoryWorkloadAnalysis -k 'regex:TcKernel|GemvKernel' --launch-skip 2 --launch-count 1 \
+      --section MemoryWorkloadAnalysis -k 'regex:TcKernel|GemvKernel|DequantChunk' --launch-skip 2 --launch-count 1 \
       /tmp/kernel_bench "$fmt" "$k" "$n" "$m" > "$out/ncu_${fmt}_${k}_${n}_${m}.log" 2>&1
     grep -E "Duration|Throughput|Achieved Occupancy|Registers|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Theoretical Occ|Block Limit|Bank" \
       "$out/ncu_${fmt}_${k}_${n}_${m}.log" | head -40
