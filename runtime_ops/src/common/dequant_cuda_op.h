@@ -29,7 +29,8 @@ inline void CheckCuda(cudaError_t err, const char* what) {
 // Large M (see kDequantGemmMinRows) goes through cuBLAS on dequantized chunks of B when a
 // libcublas can be loaded: the kernel then owns a cuBLAS handle (created on first use, on the
 // device of the inputs) and takes its workspace from the stream-ordered allocator on ORT's
-// stream for the duration of the call. Without cuBLAS every M runs our own kernels. The
+// stream for the duration of the call. Without cuBLAS (or without device memory for the
+// workspace) every M runs our own kernels. The
 // environment variable ONNX_COMPRESS_CUDA_CHUNK_BYTES (read when the session creates the kernel)
 // sets the dequantized bytes per chunk (tests use 1: one 32-channel panel per chunk).
 //
@@ -102,7 +103,16 @@ class DequantMatMulCudaKernel {
       return;
     }
     call.blas_handle = blas_handle_;
-    CheckCuda(cudaMallocAsync(&call.workspace, WorkspaceBytes(call, plan), call.stream), "cudaMallocAsync (workspace)");
+    const cudaError_t alloc = cudaMallocAsync(&call.workspace, WorkspaceBytes(call, plan), call.stream);
+    if (alloc == cudaErrorMemoryAllocation) {  // no room for the dequantized chunk: our own kernels
+      (void)cudaGetLastError();                 // clear the (non-sticky) error
+      call.blas = nullptr;
+      call.workspace = nullptr;
+      plan = Format::Plan(call);
+      CheckCuda(Format::Launch(call, plan), Format::kOp);
+      return;
+    }
+    CheckCuda(alloc, "cudaMallocAsync (workspace)");
     const cudaError_t err = Format::Launch(call, plan);
     const cudaError_t freed = cudaFreeAsync(call.workspace, call.stream);
     CheckCuda(err, "dequantize + cuBLAS GEMM");
