@@ -36,7 +36,8 @@ struct CudaCall {
   void* blas_handle = nullptr;
   void* workspace = nullptr;                  // WorkspaceBytes(call, plan) bytes (device)
   int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
-  int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone
+  int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
+                  // 5 = the general GEMV for float16 NF4 at M = 1
 };
 
 // How a call is run: which kernel and tile.
