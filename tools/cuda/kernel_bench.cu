@@ -177,7 +177,11 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     CK(cudaGetLastError());
     const double weight_bytes = double(b_bytes) + (dq ? s_elems + s2_elems * 4.0 : s_elems * 2.0);
     std::vector<std::pair<int, int64_t>> paths = {{1, 0}};  // (force, chunk MiB)
-    if (std::getenv("OLDGEMV")) paths.push_back({5, 0});  // M = 1: the general GEMV instead of the fp16 one
+    if (std::getenv("OLDGEMV")) {  // M = 1: the general GEMV instead of the fp16 one, and its half-row variant
+      paths.push_back({5, 0});
+      paths.push_back({6, 0});
+      paths.push_back({7, 0});
+    }
     const char* chunks_env = std::getenv("CHUNKS");
     std::string chunks = chunks_env ? chunks_env : "16";
     for (size_t pos = 0; pos < chunks.size();) {
@@ -196,7 +200,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     for (int m : ms)
     for (const auto& [force, chunk_mb] : paths) {
       if (force >= 2 && force <= 4 && m <= 2) continue;
-      if (force == 5 && m > 2) continue;
+      if (force >= 5 && m > 2) continue;
       CudaCall call;
       call.a = a;
       call.m = m;
@@ -245,7 +249,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
                         CUBLAS_GEMM_DEFAULT));
       };
       const float t_fp16 = MedianUs(cublas, 20, stream);
-      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
+      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvh" : force == 7 ? "gemvf" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
       if (call.workspace) CK(cudaFree(call.workspace));
       std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",

@@ -37,7 +37,7 @@ struct CudaCall {
   void* workspace = nullptr;                  // WorkspaceBytes(call, plan) bytes (device)
   int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
-                  // 5 = the general GEMV for float16 NF4 at M = 1
+                  // 5 = the general GEMV for float16 NF4 at M = 1, 6 / 7 = its half-row variant always / never
 };
 
 // How a call is run: which kernel and tile.

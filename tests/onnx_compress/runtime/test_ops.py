@@ -262,6 +262,30 @@ def test_large_m_in_chunks_on_cuda(op: str, block: int, dtype: str, monkeypatch:
         assert rel(y, ref) < TOL[f"kernel_{dtype}"], m
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+@pytest.mark.parametrize("dq", [False, True])
+def test_nf4_float16_gemv_many_panels_on_cuda(dq: bool) -> None:
+    """One float16 row with N >= 2 x 132 SMs x 32 channels takes the half-row NF4 GEMV (two CTAs
+    per SM); K = 333 with 32-row blocks leaves a tail past the last 64-row step, N = 8485 a
+    partial last panel."""
+    k, n, block = 333, 8485, 32
+    rng = np.random.default_rng(31)
+    bias = rng.standard_normal(n).astype(np.float16)
+    if dq:
+        b, codes, scale2, off, w = make_dq_weights(k, n, block, 32)
+        model = make_model("NF4MatMul", k, n, block, "float16", b, codes, bias, dq=(scale2, off))
+    else:
+        b, s, w = make_weights("NF4MatMul", k, n, block, np.float16, 32)
+        model = make_model("NF4MatMul", k, n, block, "float16", b, s, bias)
+    sess = session(model, "cuda")
+    for _ in range(2):  # fresh inputs, the output poisoned each time
+        a = rng.standard_normal((1, k)).astype(np.float16)
+        y = run_poisoned(sess, a, n, "cuda")
+        assert np.isfinite(y).all()
+        assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"]
+
+
 def test_reference_evaluator_agrees_with_numerics() -> None:
     for op, k, n, block in CASES[:2] + CASES[4:5]:
         b, s, w = make_weights(op, k, n, block, np.float32, 1)
