@@ -213,7 +213,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       call.blas = oco::CublasApi::Get();
       call.blas_handle = handle;
       call.chunk_bytes = chunk_mb << 20;
-      const CudaPlan plan = oco::cuda::Plan(call);
+      const CudaPlan plan = oco::cuda::Plan<Dec>(call);
       const size_t ws_bytes = oco::WorkspaceBytes(call, plan);
       if (ws_bytes > 0) CK(cudaMalloc(&call.workspace, ws_bytes));
       auto ours = [&](int i) {

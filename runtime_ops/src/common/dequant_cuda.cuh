@@ -160,6 +160,7 @@ struct KernelArgs {
 
 constexpr int kGemvWarps = 16;
 constexpr int kGemvMaxRows = 2;  // GEMV for M <= 2 (and float32, which skips the tensor cores)
+constexpr int kNf4HalfGemvMaxRows = 4;  // NF4 with float16 A: its own GEMV for M <= 4
 
 // v[0..31] summed over the warp's lanes, scattered: afterwards v[0] of lane j is the total of j.
 __device__ __forceinline__ void ReduceScatter32(float v[32], int lane) {
@@ -582,9 +583,21 @@ template <class D, class S> using Tc256 = TcCfg<D, S, 64, 128, 2, 4, 1, 64, 4>;
 template <class D, class S> using Tc1k = TcCfg<D, S, 128, 128, 2, 4, 1, 64, 4>;
 
 // ---- planning and launching ----------------------------------------------------------------
-inline CudaPlan Plan(const CudaCall& call) {
+template <class Dec>
+CudaPlan Plan(const CudaCall& call) {
   const DequantParams& p = call.p;
   CudaPlan plan;
+  // NF4 with float16 A and M <= 4: the float16 GEMV, which reads the weights once for all rows
+  // (the tensor-core kernel was 0.65x of fp16 MatMul at M = 4 on an H100). Benchmarks: force 5
+  // keeps the general kernels, 2-4 the dequantize + cuBLAS path.
+  if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
+    if (call.type == DType::kHalf && call.m >= 1 && call.m <= kNf4HalfGemvMaxRows &&
+        (call.force <= 1 || call.force >= 6)) {
+      plan.half_gemv = true;
+      plan.mr = static_cast<int>(call.m);
+      return plan;
+    }
+  }
   const bool large = call.force >= 2 || (call.force == 0 && call.m >= kDequantGemmMinRows);
   if (call.blas != nullptr && large && call.m > kGemvMaxRows) {
     plan.dequant_gemm = true;
@@ -764,13 +777,18 @@ __device__ __forceinline__ void ReduceScatter16(float v[16], int lane) {
   }
 }
 
-template <typename S>
-__global__ void __launch_bounds__(kGemvWarps * 32, 2) Nf4GemvHalfPairKernel(KernelArgs<__half, S> g) {
+// MR rows of A per CTA (grid.y = ceil(M / MR)): a decoded byte feeds MR HFMA2s. One CTA per SM
+// above MR = 1 (registers).
+template <typename S, int MR>
+__global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfPairKernel(KernelArgs<__half, S> g) {
   extern __shared__ __align__(16) unsigned char hg_smem[];
   __half2* tab = reinterpret_cast<__half2*>(hg_smem);                          // [256][32]
   float* scales_s = reinterpret_cast<float*>(hg_smem + kHalfGemvTableBytes);  // [blocks][32]
-  __shared__ float red[kGemvWarps][kPanel];
+  __shared__ float red[kGemvWarps][MR][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 1, h = lane & 1;
+  g.a += static_cast<int64_t>(blockIdx.y) * MR * g.p.K;  // this CTA's rows of A
+  g.y += static_cast<int64_t>(blockIdx.y) * MR * g.p.N;
+  const int64_t m = min(static_cast<int64_t>(MR), g.m - static_cast<int64_t>(blockIdx.y) * MR);
   for (int t = threadIdx.x; t < 256 * 32; t += blockDim.x) {
     const int byte = t / 32;
     tab[t] = __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
@@ -785,50 +803,62 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 2) Nf4GemvHalfPairKernel(Kern
   } else {
     for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
   }
-  float acc[16];  // channels 8h + j (j < 8) and 16 + 8h + j - 8 (j >= 8)
+  float acc[MR][16];  // channels 8h + j (j < 8) and 16 + 8h + j - 8 (j >= 8)
 #pragma unroll
-  for (int j = 0; j < 16; ++j) acc[j] = 0.0f;
+  for (int mi = 0; mi < MR; ++mi)
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
   __syncthreads();
 
   const __half2* tab_lane = tab + lane;
   const uint8_t* bp = g.b + panel * g.p.k_pad * 16 + 8 * h;
   const __half zero = __float2half(0.0f);
   const int64_t steps = g.p.k_pad / kPairGemvStep;
-  auto load = [&](int64_t st, uint2 rows[4], __half a[4]) {
+  auto load = [&](int64_t st, uint2 rows[4], __half a[MR][4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t k = st * kPairGemvStep + 16 * i + q;
       rows[i] = __ldg(reinterpret_cast<const uint2*>(bp + k * 16));
-      a[i] = k < g.p.K ? g.a[k] : zero;
+#pragma unroll
+      for (int mi = 0; mi < MR; ++mi) a[mi][i] = (mi < m && k < g.p.K) ? g.a[mi * g.p.K + k] : zero;
     }
   };
-  auto flush = [&](__half2 part[8], int64_t k) {
+  auto flush = [&](__half2 part[MR][8], int64_t k) {
     const float* sc = scales_s + g.p.Block(k) * kPanel + 8 * h;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const float2 f = __half22float2(part[j]);
-      acc[j] = fmaf(f.x, sc[j], acc[j]);
-      acc[8 + j] = fmaf(f.y, sc[16 + j], acc[8 + j]);
-      part[j] = __half2half2(zero);
+      const float s_lo = sc[j], s_hi = sc[16 + j];
+#pragma unroll
+      for (int mi = 0; mi < MR; ++mi) {
+        const float2 f = __half22float2(part[mi][j]);
+        acc[mi][j] = fmaf(f.x, s_lo, acc[mi][j]);
+        acc[mi][8 + j] = fmaf(f.y, s_hi, acc[mi][8 + j]);
+        part[mi][j] = __half2half2(zero);
+      }
     }
   };
-  auto compute = [&](int64_t st, const uint2 rows[4], const __half a[4]) {
-    __half2 part[8];
+  auto compute = [&](int64_t st, const uint2 rows[4], const __half a[MR][4]) {
+    __half2 part[MR][8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) part[j] = __half2half2(zero);
+    for (int mi = 0; mi < MR; ++mi)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) part[mi][j] = __half2half2(zero);
     const int64_t k0 = st * kPairGemvStep;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const __half2 a2 = __half2half2(a[i]);
       const uint32_t w[2] = {rows[i].x, rows[i].y};
 #pragma unroll
-      for (int j = 0; j < 8; ++j) part[j] = __hfma2(tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)], a2, part[j]);
+      for (int j = 0; j < 8; ++j) {
+        const __half2 v = tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)];
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) part[mi][j] = __hfma2(v, __half2half2(a[mi][i]), part[mi][j]);
+      }
       // blocks are >= 32 rows: rows 16i..16i+15 of a step share one; flush where the next differs
       if (i == 3 || g.p.Block(k0 + 16 * i) != g.p.Block(k0 + 16 * (i + 1))) flush(part, k0 + 16 * i);
     }
   };
   uint2 r0[4], r1[4];
-  __half a0[4], a1[4];
+  __half a0[MR][4], a1[MR][4];
   int64_t st = warp;
   if (st < steps) load(st, r0, a0);
   while (st < steps) {
@@ -843,44 +873,63 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 2) Nf4GemvHalfPairKernel(Kern
   // the k-rows past the last whole step (k_pad is a multiple of 32, not of 64): a row per lane pair
   for (int64_t k = steps * kPairGemvStep + 16 * warp + q; k < g.p.k_pad; k += 16 * kGemvWarps) {
     const uint2 row = __ldg(reinterpret_cast<const uint2*>(bp + k * 16));
-    const float a = k < g.p.K ? __half2float(g.a[k]) : 0.0f;
     const uint32_t w[2] = {row.x, row.y};
     const float* sc = scales_s + g.p.Block(k) * kPanel + 8 * h;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 f = __half22float2(tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)]);
-      acc[j] = fmaf(f.x * a, sc[j], acc[j]);
-      acc[8 + j] = fmaf(f.y * a, sc[16 + j], acc[8 + j]);
+    for (int mi = 0; mi < MR; ++mi) {
+      const float a = (mi < m && k < g.p.K) ? __half2float(g.a[mi * g.p.K + k]) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 f = __half22float2(tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)]);
+        acc[mi][j] = fmaf(f.x * a, sc[j], acc[mi][j]);
+        acc[mi][8 + j] = fmaf(f.y * a, sc[16 + j], acc[mi][8 + j]);
+      }
     }
   }
-  ReduceScatter16(acc, lane);
-  red[warp][q < 8 ? 8 * h + q : 16 + 8 * h + q - 8] = acc[0];
-  __syncthreads();
-  if (threadIdx.x < kPanel) {
-    const int64_t n = panel * kPanel + threadIdx.x;
-    if (n < g.p.N) {
-      float v = g.bias ? __half2float(g.bias[n]) : 0.0f;
+  const int ch = q < 8 ? 8 * h + q : 16 + 8 * h + q - 8;
 #pragma unroll
-      for (int w = 0; w < kGemvWarps; ++w) v += red[w][threadIdx.x];
-      g.y[n] = __float2half_rn(v);
-    }
+  for (int mi = 0; mi < MR; ++mi) {
+    ReduceScatter16(acc[mi], lane);
+    red[warp][mi][ch] = acc[mi][0];
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < MR * kPanel; t += blockDim.x) {
+    const int mi = t / kPanel, c = t % kPanel;
+    const int64_t n = panel * kPanel + c;
+    if (n >= g.p.N || mi >= m) continue;
+    float v = g.bias ? __half2float(g.bias[n]) : 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGemvWarps; ++w) v += red[w][mi][c];
+    g.y[mi * g.p.N + n] = __float2half_rn(v);
   }
 }
 
-// The half-row variant where there are panels for two CTAs per SM (H100, kernel time: 21.8 vs
-// 23.2 us at 4096x11008, 73.3 vs 85.2 us at 8192x28672; but 21.8 vs 19.0 us at 11008x4096).
+template <typename S, int MR>
+cudaError_t LaunchNf4GemvHalfPair(const KernelArgs<__half, S>& g, size_t smem, cudaStream_t stream) {
+  static const cudaError_t attr = AllowSmem(Nf4GemvHalfPairKernel<S, MR>, 200 * 1024);
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid(static_cast<unsigned>(g.p.panels), static_cast<unsigned>((g.m + MR - 1) / MR));
+  Nf4GemvHalfPairKernel<S, MR><<<grid, kGemvWarps * 32, smem, stream>>>(g);
+  return cudaGetLastError();
+}
+
+// M = 1: the half-row kernel where there are panels for two CTAs per SM (H100, kernel time: 21.8
+// vs 23.2 us at 4096x11008, 73.3 vs 85.2 us at 8192x28672; but 21.8 vs 19.0 us at 11008x4096),
+// else the full-row one. M = 2..4 (kNf4HalfGemvMaxRows): the half-row kernel with M rows.
+
 template <typename S>
 cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, int force, int sm_count, cudaStream_t stream) {
   constexpr size_t kMaxSmem = 200 * 1024;
   const size_t smem = kHalfGemvTableBytes + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
   if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // > 1344 scale blocks per channel
-  const bool pair = force == 6 || (force != 7 && g.p.panels >= 2 * static_cast<int64_t>(sm_count));
-  if (pair) {  // (benchmarks: force 6 / 7 = always / never)
-    static const cudaError_t attr = AllowSmem(Nf4GemvHalfPairKernel<S>, kMaxSmem);
-    if (attr != cudaSuccess) return attr;
-    Nf4GemvHalfPairKernel<S><<<static_cast<unsigned>(g.p.panels), kGemvWarps * 32, smem, stream>>>(g);
-    return cudaGetLastError();
+  switch (g.m) {
+    case 2: return LaunchNf4GemvHalfPair<S, 2>(g, smem, stream);
+    case 3: return LaunchNf4GemvHalfPair<S, 3>(g, smem, stream);
+    case 4: return LaunchNf4GemvHalfPair<S, 4>(g, smem, stream);
+    default: break;
   }
+  const bool pair = force == 6 || (force != 7 && g.p.panels >= 2 * static_cast<int64_t>(sm_count));
+  if (pair) return LaunchNf4GemvHalfPair<S, 1>(g, smem, stream);  // (benchmarks: force 6 / 7 = always / never)
   static const cudaError_t attr = AllowSmem(Nf4GemvHalfKernel<S>, kMaxSmem);
   if (attr != cudaSuccess) return attr;
   Nf4GemvHalfKernel<S><<<static_cast<unsigned>(g.p.panels), kGemvWarps * 32, smem, stream>>>(g);
@@ -1074,7 +1123,7 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
     }
   }
   if constexpr (std::is_same_v<Dec, Nf4Decoder> && std::is_same_v<T, __half>) {
-    if (plan.mr == 1 && call.force != 5) return LaunchNf4GemvHalf<S>(g, call.force, call.sm_count, call.stream);  // 5: benchmarks, the general GEMV
+    if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, call.force, call.sm_count, call.stream);  // 5: benchmarks, the general GEMV
   }
   return plan.mr == 1 ? LaunchGemv<Dec, T, S, 1>(g, call.stream) : LaunchGemv<Dec, T, S, 2>(g, call.stream);
 }

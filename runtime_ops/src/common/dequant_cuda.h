@@ -46,6 +46,7 @@ struct CudaPlan {
   int bm = 0;  // rows per CTA of the tensor-core kernel
   int mr = 0;  // rows of A per CTA of the SIMT kernel
   bool dequant_gemm = false;  // dequantize chunk_panels panels at a time, then cuBLAS
+  bool half_gemv = false;     // NF4, float16 A, M <= 4: the float16 GEMV
   int64_t chunk_panels = 0;
 };
 

@@ -3,7 +3,7 @@
 
 namespace oco {
 
-CudaPlan PlanInt8(const CudaCall& call) { return cuda::Plan(call); }
+CudaPlan PlanInt8(const CudaCall& call) { return cuda::Plan<cuda::Int8Decoder>(call); }
 cudaError_t LaunchInt8(const CudaCall& call, const CudaPlan& plan) { return cuda::Launch<cuda::Int8Decoder>(call, plan); }
 
 }  // namespace oco

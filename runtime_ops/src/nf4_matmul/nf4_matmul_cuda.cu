@@ -3,7 +3,7 @@
 
 namespace oco {
 
-CudaPlan PlanNf4(const CudaCall& call) { return cuda::Plan(call); }
+CudaPlan PlanNf4(const CudaCall& call) { return cuda::Plan<cuda::Nf4Decoder>(call); }
 cudaError_t LaunchNf4(const CudaCall& call, const CudaPlan& plan) { return cuda::Launch<cuda::Nf4Decoder>(call, plan); }
 
 }  // namespace oco
