@@ -192,7 +192,8 @@ def test_matches_reference(device: str, op: str, k: int, n: int, block: int, dty
         rng = np.random.default_rng(seed + 1)
         bias = rng.standard_normal(n).astype(np_dtype) if with_bias else None
         sess = session(make_model(op, k, n, block, dtype, b, s, bias), device)
-        for m in (1, 3, 17):
+        # 1-4 rows: the GEMVs (CUDA float16 NF4: one per row count), 17: the tensor-core kernel
+        for m in (1, 2, 3, 4, 17):
             a = rng.standard_normal((m, k)).astype(np_dtype)
             ref = a.astype(np.float64) @ w + (bias.astype(np.float64) if bias is not None else 0)
             y = run_poisoned(sess, a, n, device)
