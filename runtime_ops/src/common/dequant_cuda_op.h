@@ -30,9 +30,9 @@ inline void CheckCuda(cudaError_t err, const char* what) {
 // libcublas can be loaded: the kernel then owns a cuBLAS handle (created on first use, on the
 // device of the inputs) and takes its workspace from the stream-ordered allocator on ORT's
 // stream for the duration of the call. Without cuBLAS (or without device memory for the
-// workspace) every M runs our own kernels. The
-// environment variable ONNX_COMPRESS_CUDA_CHUNK_BYTES (read when the session creates the kernel)
-// sets the dequantized bytes per chunk (tests use 1: one 32-channel panel per chunk).
+// workspace) every M runs our own kernels. The environment variable
+// ONNX_COMPRESS_CUDA_CHUNK_BYTES (read when the session creates the kernel) sets the dequantized
+// bytes per chunk (tests use 1: one 32-channel panel per chunk).
 //
 // Format: kOp, kScaleName, kBType, kBytesPerK, kDoubleQuant, Params(info), Plan(call), Launch(call, plan).
 // kDoubleQuant: the scales may be int8 with inputs 4 and 5 (scale2, offset), as for NF4MatMul.
