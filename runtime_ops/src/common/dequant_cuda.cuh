@@ -1,18 +1,21 @@
-// CUDA kernels shared by NF4MatMul and Int8MatMul (panel layout, see dequant_cpu.h).
+// CUDA kernels shared by NF4MatMul and Int8MatMul (panel layout, see dequant_cpu.h). Which one
+// runs is Plan<Dec>()'s choice (measured on an H100, docs/benchmarks.md):
 //
-// * GemvKernel (SIMT, fp32 accumulation): M <= 4, and every M for float32 activations (kept
-//   exact: no tensor-core rounding). CTA = one panel (32 output channels) x up to MR rows of A,
-//   16 warps taking 64-row chunks of K in turn; each lane decodes half a k-row (16 channels) of
-//   the 16 k-rows its warp reads together (one coalesced stretch of the panel), scales and
-//   accumulates MR x 16 sums; lanes and warps are reduced at the end. Weight bytes are read once.
-// * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M > 4. The CTA
-//   tile (BM x BN) and a split of K among its warps (WK groups, reduced in shared memory at the
-//   end) are chosen from M so that the grid fills the GPU without split-K across CTAs. A
-//   3-stage cp.async pipeline brings A and the packed weights; each stage's weights are decoded
-//   once by the whole CTA (code -> value x scale in fp32, rounded once to fp16/bf16) into a
-//   shared tile that ldmatrix feeds to the tensor cores: dequantized weights never reach device
-//   memory.
-// * One launch per call, no workspace.
+// * GemvKernel (SIMT, fp32 accumulation): M <= 2 (any type but NF4 with float16 A), and every M
+//   below the cuBLAS path for float32 activations (kept exact: no tensor-core rounding). CTA =
+//   one panel (32 output channels) x up to MR rows of A, 16 warps taking chunks of K in turn;
+//   each lane decodes whole k-rows, scales and accumulates; lanes and warps are reduced at the
+//   end. Weight bytes are read once.
+// * Nf4GemvHalfKernel / Nf4GemvHalfPairKernel: NF4 with float16 A and M <= 4: a byte of codes is
+//   one half2 lookup and one HFMA2 per row of A (see there).
+// * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (5 for
+//   NF4 float16) to kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
+//   warps (WK groups, reduced in shared memory at the end) are chosen from M so that the grid
+//   fills the GPU without split-K across CTAs. A cp.async pipeline brings A and the packed
+//   weights; each stage's weights are decoded once by the whole CTA (code -> value x scale in
+//   fp32, rounded once to fp16/bf16) into a shared tile that ldmatrix feeds to the tensor cores.
+// * M >= kDequantGemmMinRows with a loadable cuBLAS: DequantChunkKernel writes chunks of the
+//   dequantized weights to a workspace and cublasGemmEx multiplies (LaunchDequantGemm).
 // * Scales S: float, __half / __nv_bfloat16 (A's type), or int8_t: NF4MatMul's double-quantized
 //   absmax (numerics/nf4.py), decoded where the scales are read: the GEMV stages a panel's
 //   scales to shared memory as float, the tensor-core decode turns each stage's staged int8 row
