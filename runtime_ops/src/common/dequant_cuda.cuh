@@ -164,6 +164,8 @@ struct KernelArgs {
 constexpr int kGemvWarps = 16;
 constexpr int kGemvMaxRows = 2;  // GEMV for M <= 2 (and float32, which skips the tensor cores)
 constexpr int kNf4HalfGemvMaxRows = 4;  // NF4 with float16 A: its own GEMV for M <= 4
+constexpr size_t kHalfGemvTableBytes = 256 * 32 * 4;    // its per-lane table: [byte][lane] half2
+constexpr size_t kHalfGemvMaxSmem = 200 * 1024;         // table + scales; more scale blocks: other kernels
 
 // v[0..31] summed over the warp's lanes, scattered: afterwards v[0] of lane j is the total of j.
 __device__ __forceinline__ void ReduceScatter32(float v[32], int lane) {
@@ -594,7 +596,8 @@ CudaPlan Plan(const CudaCall& call) {
   // (the tensor-core kernel was 0.65x of fp16 MatMul at M = 4 on an H100). Benchmarks: force 5
   // keeps the general kernels, 2-4 the dequantize + cuBLAS path.
   if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
-    if (call.type == DType::kHalf && call.m >= 1 && call.m <= kNf4HalfGemvMaxRows &&
+    const bool fits = kHalfGemvTableBytes + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
+    if (call.type == DType::kHalf && call.m >= 1 && call.m <= kNf4HalfGemvMaxRows && fits &&
         (call.force <= 1 || call.force >= 6)) {
       plan.half_gemv = true;
       plan.mr = static_cast<int>(call.m);
@@ -658,7 +661,6 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 // stays below the float16 output's own.
 constexpr int kHalfGemvRows = 4;                      // consecutive k-rows per lane
 constexpr int kHalfGemvStep = 32 * kHalfGemvRows;     // k-rows per warp step
-constexpr size_t kHalfGemvTableBytes = 256 * 32 * 4;  // [byte][lane] half2
 
 template <typename S>
 __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelArgs<__half, S> g) {
@@ -909,7 +911,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfP
 
 template <typename S, int MR>
 cudaError_t LaunchNf4GemvHalfPair(const KernelArgs<__half, S>& g, size_t smem, cudaStream_t stream) {
-  static const cudaError_t attr = AllowSmem(Nf4GemvHalfPairKernel<S, MR>, 200 * 1024);
+  static const cudaError_t attr = AllowSmem(Nf4GemvHalfPairKernel<S, MR>, kHalfGemvMaxSmem);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(static_cast<unsigned>(g.p.panels), static_cast<unsigned>((g.m + MR - 1) / MR));
   Nf4GemvHalfPairKernel<S, MR><<<grid, kGemvWarps * 32, smem, stream>>>(g);
@@ -922,9 +924,8 @@ cudaError_t LaunchNf4GemvHalfPair(const KernelArgs<__half, S>& g, size_t smem, c
 
 template <typename S>
 cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, int force, int sm_count, cudaStream_t stream) {
-  constexpr size_t kMaxSmem = 200 * 1024;
   const size_t smem = kHalfGemvTableBytes + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
-  if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // > 1344 scale blocks per channel
+  if (smem > kHalfGemvMaxSmem) return cudaErrorInvalidConfiguration;  // never planned (> 1344 scale blocks)
   switch (g.m) {
     case 2: return LaunchNf4GemvHalfPair<S, 2>(g, smem, stream);
     case 3: return LaunchNf4GemvHalfPair<S, 3>(g, smem, stream);
@@ -933,7 +934,7 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, int force, int sm_
   }
   const bool pair = force == 6 || (force != 7 && g.p.panels >= 2 * static_cast<int64_t>(sm_count));
   if (pair) return LaunchNf4GemvHalfPair<S, 1>(g, smem, stream);  // (benchmarks: force 6 / 7 = always / never)
-  static const cudaError_t attr = AllowSmem(Nf4GemvHalfKernel<S>, kMaxSmem);
+  static const cudaError_t attr = AllowSmem(Nf4GemvHalfKernel<S>, kHalfGemvMaxSmem);
   if (attr != cudaSuccess) return attr;
   Nf4GemvHalfKernel<S><<<static_cast<unsigned>(g.p.panels), kGemvWarps * 32, smem, stream>>>(g);
   return cudaGetLastError();
