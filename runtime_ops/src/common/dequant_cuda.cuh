@@ -167,19 +167,37 @@ constexpr int kNf4HalfGemvMaxRows = 4;  // NF4 with float16 A: its own GEMV for 
 constexpr size_t kHalfGemvTableBytes = 256 * 32 * 4;    // its per-lane table: [byte][lane] half2
 constexpr size_t kHalfGemvMaxSmem = 200 * 1024;         // table + scales; more scale blocks: other kernels
 
-// v[0..31] summed over the warp's lanes, scattered: afterwards v[0] of lane j is the total of j.
-__device__ __forceinline__ void ReduceScatter32(float v[32], int lane) {
+// v[0..kN-1] (kN = 32 or 16) summed over the lanes that hold the same channels (all 32; or the 16
+// of equal parity), scattered: afterwards v[0] of lane j holds the total of v[j] (kN = 32), or of
+// v[j >> 1] (kN = 16). Each step swaps half of the values with the lane `width` away.
+template <int kN>
+__device__ __forceinline__ void ReduceScatter(float v[kN], int lane) {
 #pragma unroll
-  for (int width = 16; width >= 1; width >>= 1) {
+  for (int width = 16, n = kN / 2; n >= 1; width >>= 1, n >>= 1) {
     const bool upper = (lane & width) != 0;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      if (j < width) {
-        const float send = upper ? v[j] : v[j + width];
-        const float keep = upper ? v[j + width] : v[j];
+    for (int j = 0; j < kN / 2; ++j) {
+      if (j < n) {
+        const float send = upper ? v[j] : v[j + n];
+        const float keep = upper ? v[j + n] : v[j];
         v[j] = keep + __shfl_xor_sync(0xffffffffu, send, width);
       }
     }
+  }
+}
+
+// A panel's scales, as float, into shared memory ([blocks][32]); double-quantized int8 ones
+// decoded on the way. Every thread of the CTA takes part; the caller synchronizes.
+template <typename T, typename S>
+__device__ __forceinline__ void StageScales(const KernelArgs<T, S>& g, int64_t panel, float* scales_s) {
+  const S* sp = g.scales + panel * g.p.blocks * kPanel;
+  if constexpr (std::is_same_v<S, int8_t>) {
+    const float offset = __ldg(g.offset);
+    const int64_t row0 = panel * g.p.blocks;
+    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x)
+      scales_s[i] = DqScale(sp[i], __ldg(g.scale2 + ((row0 + i / kPanel) >> kDqRowShift)), offset);
+  } else {
+    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
   }
 }
 
@@ -272,15 +290,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (Dec::kNeedsLut && threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
   const int64_t panel = blockIdx.x;
-  const S* sp = g.scales + panel * g.p.blocks * kPanel;
-  if constexpr (std::is_same_v<S, int8_t>) {
-    const float offset = __ldg(g.offset);
-    const int64_t row0 = panel * g.p.blocks;
-    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x)
-      scales_s[i] = DqScale(sp[i], __ldg(g.scale2 + ((row0 + i / kPanel) >> kDqRowShift)), offset);
-  } else {
-    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
-  }
+  StageScales(g, panel, scales_s);
   g.a += static_cast<int64_t>(blockIdx.y) * MR * g.p.K;  // this CTA's rows of A
   g.y += static_cast<int64_t>(blockIdx.y) * MR * g.p.N;
   g.m -= static_cast<int64_t>(blockIdx.y) * MR;
@@ -315,7 +325,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S
   }
 #pragma unroll
   for (int mi = 0; mi < MR; ++mi) {
-    ReduceScatter32(acc[mi], lane);
+    ReduceScatter<32>(acc[mi], lane);
     red[warp][mi][lane] = acc[mi][0];
   }
   __syncthreads();
@@ -659,6 +669,15 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 // adds them to its fp32 accumulators once per 4 rows, scaled. About 2.5 instructions per weight.
 // The fp16 partial sums hold 4 products of |code| <= 1 and A; their rounding (2^-11 relative)
 // stays below the float16 output's own.
+// The per-lane pair table: entry [byte][copy] = (lut[byte & 15], lut[byte >> 4]) as half2. A
+// warp fills one byte's 32 copies (a uniform constant-memory read).
+__device__ __forceinline__ void FillPairTable(__half2* tab) {
+  for (int t = threadIdx.x; t < 256 * 32; t += blockDim.x) {
+    const int byte = t / 32;
+    tab[t] = __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
+  }
+}
+
 constexpr int kHalfGemvRows = 4;                      // consecutive k-rows per lane
 constexpr int kHalfGemvStep = 32 * kHalfGemvRows;     // k-rows per warp step
 
@@ -669,20 +688,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
   float* scales_s = reinterpret_cast<float*>(hg_smem + kHalfGemvTableBytes);  // [blocks][32]
   __shared__ float red[kGemvWarps][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int t = threadIdx.x; t < 256 * 32; t += blockDim.x) {
-    const int byte = t / 32;  // uniform in a warp: constant-cache broadcasts
-    tab[t] = __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
-  }
+  FillPairTable(tab);
   const int64_t panel = blockIdx.x;
-  const S* sp = g.scales + panel * g.p.blocks * kPanel;
-  if constexpr (std::is_same_v<S, int8_t>) {
-    const float offset = __ldg(g.offset);
-    const int64_t row0 = panel * g.p.blocks;
-    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x)
-      scales_s[i] = DqScale(sp[i], __ldg(g.scale2 + ((row0 + i / kPanel) >> kDqRowShift)), offset);
-  } else {
-    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
-  }
+  StageScales(g, panel, scales_s);
   float acc[kPanel];
 #pragma unroll
   for (int j = 0; j < kPanel; ++j) acc[j] = 0.0f;
@@ -745,7 +753,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
       acc[16 + j] = fmaf(f.y * a, sc[16 + j], acc[16 + j]);
     }
   }
-  ReduceScatter32(acc, lane);
+  ReduceScatter<32>(acc, lane);
   red[warp][lane] = acc[0];
   __syncthreads();
   if (threadIdx.x < kPanel) {
@@ -765,23 +773,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
 // load instruction).
 constexpr int kPairGemvStep = 64;
 
-// v[16] summed over the 16 lanes of equal parity, scattered: afterwards lane 2q + h holds the
-// total of v[q].
-__device__ __forceinline__ void ReduceScatter16(float v[16], int lane) {
-#pragma unroll
-  for (int width = 16, n = 8; width >= 2; width >>= 1, n >>= 1) {
-    const bool upper = (lane & width) != 0;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      if (j < n) {
-        const float send = upper ? v[j] : v[j + n];
-        const float keep = upper ? v[j + n] : v[j];
-        v[j] = keep + __shfl_xor_sync(0xffffffffu, send, width);
-      }
-    }
-  }
-}
-
 // MR rows of A per CTA (grid.y = ceil(M / MR)): a decoded byte feeds MR HFMA2s. One CTA per SM
 // above MR = 1 (registers).
 template <typename S, int MR>
@@ -794,20 +785,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfP
   g.a += static_cast<int64_t>(blockIdx.y) * MR * g.p.K;  // this CTA's rows of A
   g.y += static_cast<int64_t>(blockIdx.y) * MR * g.p.N;
   const int64_t m = min(static_cast<int64_t>(MR), g.m - static_cast<int64_t>(blockIdx.y) * MR);
-  for (int t = threadIdx.x; t < 256 * 32; t += blockDim.x) {
-    const int byte = t / 32;
-    tab[t] = __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
-  }
+  FillPairTable(tab);
   const int64_t panel = blockIdx.x;
-  const S* sp = g.scales + panel * g.p.blocks * kPanel;
-  if constexpr (std::is_same_v<S, int8_t>) {
-    const float offset = __ldg(g.offset);
-    const int64_t row0 = panel * g.p.blocks;
-    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x)
-      scales_s[i] = DqScale(sp[i], __ldg(g.scale2 + ((row0 + i / kPanel) >> kDqRowShift)), offset);
-  } else {
-    for (int64_t i = threadIdx.x; i < g.p.blocks * kPanel; i += blockDim.x) scales_s[i] = ToF(sp[i]);
-  }
+  StageScales(g, panel, scales_s);
   float acc[MR][16];  // channels 8h + j (j < 8) and 16 + 8h + j - 8 (j >= 8)
 #pragma unroll
   for (int mi = 0; mi < MR; ++mi)
@@ -894,7 +874,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfP
   const int ch = q < 8 ? 8 * h + q : 16 + 8 * h + q - 8;
 #pragma unroll
   for (int mi = 0; mi < MR; ++mi) {
-    ReduceScatter16(acc[mi], lane);
+    ReduceScatter<16>(acc[mi], lane);
     red[warp][mi][ch] = acc[mi][0];
   }
   __syncthreads();
