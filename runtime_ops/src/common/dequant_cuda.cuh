@@ -201,6 +201,24 @@ __device__ __forceinline__ void StageScales(const KernelArgs<T, S>& g, int64_t p
   }
 }
 
+// A warp's steps first, first + kGemvWarps, ... below `steps`, ping-ponging between two buffers:
+// the next step's loads are issued before this step's math.
+template <class Buf, class Load, class Compute>
+__device__ __forceinline__ void PingPong(int64_t first, int64_t steps, Buf& b0, Buf& b1, Load&& load,
+                                         Compute&& compute) {
+  int64_t st = first;
+  if (st < steps) load(st, b0);
+  while (st < steps) {
+    if (st + kGemvWarps < steps) load(st + kGemvWarps, b1);
+    compute(st, b0);
+    st += kGemvWarps;
+    if (st >= steps) break;
+    if (st + kGemvWarps < steps) load(st + kGemvWarps, b0);
+    compute(st, b1);
+    st += kGemvWarps;
+  }
+}
+
 template <class Dec, int MR>
 struct GemvRow {  // one k-row (per lane) and A at that k
   typename Dec::Row row;
@@ -304,17 +322,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S
   constexpr int64_t kStep = 32 * kGemvRows<Dec, MR>;
   const int64_t steps = g.p.k_pad / kStep;  // whole steps; the rest below
   GemvStep<Dec, MR> s0, s1;
-  int64_t si = warp;
-  if (si < steps) GemvLoad(g, panel, si * kStep, lane, s0);
-  while (si < steps) {  // ping-pong between s0 and s1: load one step ahead
-    if (si + kGemvWarps < steps) GemvLoad(g, panel, (si + kGemvWarps) * kStep, lane, s1);
-    GemvCompute(g, s0, si * kStep, scales_s, lut, acc);
-    si += kGemvWarps;
-    if (si >= steps) break;
-    if (si + kGemvWarps < steps) GemvLoad(g, panel, (si + kGemvWarps) * kStep, lane, s0);
-    GemvCompute(g, s1, si * kStep, scales_s, lut, acc);
-    si += kGemvWarps;
-  }
+  PingPong(
+      warp, steps, s0, s1, [&](int64_t st, GemvStep<Dec, MR>& b) { GemvLoad(g, panel, st * kStep, lane, b); },
+      [&](int64_t st, const GemvStep<Dec, MR>& b) { GemvCompute(g, b, st * kStep, scales_s, lut, acc); });
   // The rows past the last whole step, one 32-row chunk per warp.
   for (int64_t k = steps * kStep + 32 * warp + lane; k < g.p.k_pad; k += 32 * kGemvWarps) {
     GemvRow<Dec, MR> r;
@@ -700,7 +710,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
   const uint8_t* bp = g.b + panel * g.p.k_pad * 16;
   const __half zero = __float2half(0.0f);
   const int64_t steps = g.p.k_pad / kHalfGemvStep;
-  auto load = [&](int64_t st, uint4 rows[kHalfGemvRows], __half a[kHalfGemvRows]) {
+  struct Buf {
+    uint4 rows[kHalfGemvRows];
+    __half a[kHalfGemvRows];
+  };
+  auto load = [&](int64_t st, Buf& b) {
+    uint4* rows = b.rows;
+    __half* a = b.a;
     const int64_t k0 = st * kHalfGemvStep + kHalfGemvRows * lane;
 #pragma unroll
     for (int i = 0; i < kHalfGemvRows; ++i) {
@@ -708,7 +724,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
       a[i] = k0 + i < g.p.K ? g.a[k0 + i] : zero;
     }
   };
-  auto compute = [&](int64_t st, const uint4 rows[kHalfGemvRows], const __half a[kHalfGemvRows]) {
+  auto compute = [&](int64_t st, const Buf& b) {
+    const uint4* rows = b.rows;
+    const __half* a = b.a;
     __half2 part[16];
 #pragma unroll
     for (int j = 0; j < 16; ++j) part[j] = __half2half2(zero);
@@ -727,19 +745,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
       acc[16 + j] = fmaf(f.y, sc[16 + j], acc[16 + j]);
     }
   };
-  uint4 r0[kHalfGemvRows], r1[kHalfGemvRows];
-  __half a0[kHalfGemvRows], a1[kHalfGemvRows];
-  int64_t st = warp;
-  if (st < steps) load(st, r0, a0);
-  while (st < steps) {  // ping-pong: the next step's loads in flight during this step's math
-    if (st + kGemvWarps < steps) load(st + kGemvWarps, r1, a1);
-    compute(st, r0, a0);
-    st += kGemvWarps;
-    if (st >= steps) break;
-    if (st + kGemvWarps < steps) load(st + kGemvWarps, r0, a0);
-    compute(st, r1, a1);
-    st += kGemvWarps;
-  }
+  Buf b0, b1;
+  PingPong(warp, steps, b0, b1, load, compute);
   // the k-rows past the last whole step (k_pad is a multiple of 32, not of 128): a row per lane
   for (int64_t k = steps * kHalfGemvStep + 32 * warp + lane; k < g.p.k_pad; k += 32 * kGemvWarps) {
     const uint4 row = __ldg(reinterpret_cast<const uint4*>(bp + k * 16));
@@ -799,7 +806,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfP
   const uint8_t* bp = g.b + panel * g.p.k_pad * 16 + 8 * h;
   const __half zero = __float2half(0.0f);
   const int64_t steps = g.p.k_pad / kPairGemvStep;
-  auto load = [&](int64_t st, uint2 rows[4], __half a[MR][4]) {
+  struct Buf {
+    uint2 rows[4];
+    __half a[MR][4];
+  };
+  auto load = [&](int64_t st, Buf& b) {
+    uint2* rows = b.rows;
+    auto& a = b.a;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t k = st * kPairGemvStep + 16 * i + q;
@@ -822,7 +835,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfP
       }
     }
   };
-  auto compute = [&](int64_t st, const uint2 rows[4], const __half a[MR][4]) {
+  auto compute = [&](int64_t st, const Buf& b) {
+    const uint2* rows = b.rows;
+    const auto& a = b.a;
     __half2 part[MR][8];
 #pragma unroll
     for (int mi = 0; mi < MR; ++mi)
@@ -842,19 +857,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfP
       if (i == 3 || g.p.Block(k0 + 16 * i) != g.p.Block(k0 + 16 * (i + 1))) flush(part, k0 + 16 * i);
     }
   };
-  uint2 r0[4], r1[4];
-  __half a0[MR][4], a1[MR][4];
-  int64_t st = warp;
-  if (st < steps) load(st, r0, a0);
-  while (st < steps) {
-    if (st + kGemvWarps < steps) load(st + kGemvWarps, r1, a1);
-    compute(st, r0, a0);
-    st += kGemvWarps;
-    if (st >= steps) break;
-    if (st + kGemvWarps < steps) load(st + kGemvWarps, r0, a0);
-    compute(st, r1, a1);
-    st += kGemvWarps;
-  }
+  Buf b0, b1;
+  PingPong(warp, steps, b0, b1, load, compute);
   // the k-rows past the last whole step (k_pad is a multiple of 32, not of 64): a row per lane pair
   for (int64_t k = steps * kPairGemvStep + 16 * warp + q; k < g.p.k_pad; k += 16 * kGemvWarps) {
     const uint2 row = __ldg(reinterpret_cast<const uint2*>(bp + k * 16));
