@@ -8,9 +8,12 @@
 // "nf4dq" runs NF4 with a double-quantized absmax (int8 codes + one float scale per 256 + an
 // offset, decoded in the kernels) instead of float16 absmax.
 //
-// Each M > 2 runs twice: our own kernels ("gemv"/"tc") and the large-M path ("dqgemm": chunks
-// of the weights dequantized into a workspace, then cublasGemmEx; chunk of CHUNK_MB MiB, default
-// 16, more sizes with CHUNKS="8 16 32"); the library picks dqgemm from kDequantGemmMinRows rows.
+// Each M > 2 runs our own kernels ("gemv"/"tc", as the library plans them below
+// kDequantGemmMinRows) and the large-M path ("dqgemm": chunks of the weights dequantized into a
+// workspace, then cublasGemmEx) once per chunk size in MiB of CHUNKS (default "128", the
+// library's). SPLIT=1 adds the dequantization ("dq") and the GEMMs ("gemm") timed alone;
+// OLDGEMV=1 adds, at M <= 2, the general GEMV ("gemv0") and the float16 NF4 GEMV's half-row /
+// full-row forms forced ("gemvh" / "gemvf").
 //
 // Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
 // Each result is checked against cuBLAS on the same dequantized weights (float16 relative
@@ -183,7 +186,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       paths.push_back({7, 0});
     }
     const char* chunks_env = std::getenv("CHUNKS");
-    std::string chunks = chunks_env ? chunks_env : "16";
+    std::string chunks = chunks_env ? chunks_env : "128";
     for (size_t pos = 0; pos < chunks.size();) {
       const size_t end = chunks.find(' ', pos);
       const std::string tok = chunks.substr(pos, end == std::string::npos ? std::string::npos : end - pos);

@@ -927,8 +927,9 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, int force, int sm_
 // ---- large M: dequantize chunks of B, then cuBLAS ----------------------------------------------
 // Our tensor-core kernel loses to this from M = 64 on (docs/benchmarks.md); there the weights
 // of chunk_panels panels are dequantized into the workspace (row-major [K][chunk_panels * 32],
-// small enough to stay in L2 for the GEMM that reads it) and one cublasGemmEx multiplies A by
-// them into Y's columns of the chunk.
+// CudaCall::chunk_bytes at most: L2-sized chunks were measured slower, the cuBLAS calls on narrow
+// chunks lose more than L2 residency gains) and one cublasGemmEx multiplies A by them into Y's
+// columns of the chunk.
 //
 // Warp = 8 consecutive k-rows x 32 panels of the chunk, one panel per lane: a lane reads its
 // panel's rows (128 / 256 contiguous bytes) and the scales of their block once (16-byte loads),
