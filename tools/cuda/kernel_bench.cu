@@ -12,8 +12,8 @@
 // kDequantGemmMinRows) and the large-M path ("dqgemm": chunks of the weights dequantized into a
 // workspace, then cublasGemmEx) once per chunk size in MiB of CHUNKS (default "128", the
 // library's). SPLIT=1 adds the dequantization ("dq") and the GEMMs ("gemm") timed alone;
-// OLDGEMV=1 adds, at M <= 2, the general GEMV ("gemv0") and the float16 NF4 GEMV's half-row /
-// full-row forms forced ("gemvh" / "gemvf").
+// OLDGEMV=1 adds, at M <= 2, the general GEMV ("gemv0"), and the float16 NF4 GEMV's two kernels
+// forced: stream-K ("gemvs", M <= 4) and one CTA per panel ("gemvf", M = 1).
 //
 // Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
 // Each result is checked against cuBLAS on the same dequantized weights (float16 relative
@@ -203,7 +203,8 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     for (int m : ms)
     for (const auto& [force, chunk_mb] : paths) {
       if (force >= 2 && force <= 4 && m <= 2) continue;
-      if (force >= 5 && m > 2) continue;
+      if (force == 5 && m > 2) continue;
+      if ((force == 6 && m > 4) || (force == 7 && m > 1)) continue;
       CudaCall call;
       call.a = a;
       call.m = m;
@@ -219,6 +220,11 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       const CudaPlan plan = oco::cuda::Plan<Dec>(call);
       const size_t ws_bytes = oco::WorkspaceBytes(call, plan);
       if (ws_bytes > 0) CK(cudaMalloc(&call.workspace, ws_bytes));
+      const size_t gemv_ws_bytes = oco::GemvWorkspaceBytes(call, plan);  // stream-K GEMV: zeroed once
+      if (gemv_ws_bytes > 0) {
+        CK(cudaMalloc(&call.gemv_workspace, gemv_ws_bytes));
+        CK(cudaMemset(call.gemv_workspace, 0, gemv_ws_bytes));
+      }
       auto ours = [&](int i) {
         call.b = bs[i % kCopies];
         call.scales = ss[i % kCopies];
@@ -252,8 +258,9 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
                         CUBLAS_GEMM_DEFAULT));
       };
       const float t_fp16 = MedianUs(cublas, 20, stream);
-      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvh" : force == 7 ? "gemvf" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
+      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvs" : force == 7 ? "gemvf" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
       if (call.workspace) CK(cudaFree(call.workspace));
+      if (call.gemv_workspace) CK(cudaFree(call.gemv_workspace));
       std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",
                   name, (long long)p.K, (long long)p.N, m, kernel, plan.bm, (long long)plan.chunk_panels, t_ours, t_fp16, t_fp16 / t_ours,

@@ -6,8 +6,9 @@
 //   one panel (32 output channels) x up to MR rows of A, 16 warps taking chunks of K in turn;
 //   each lane decodes whole k-rows, scales and accumulates; lanes and warps are reduced at the
 //   end. Weight bytes are read once.
-// * Nf4GemvHalfKernel / Nf4GemvHalfPairKernel: NF4 with float16 A and M <= 4: a byte of codes is
-//   one half2 lookup and one HFMA2 per row of A (see there).
+// * Nf4GemvSkKernel / Nf4GemvHalfKernel: NF4 with float16 A and M <= 4: a byte of codes is one
+//   half2 lookup and one HFMA2 per row of A; a stream-K schedule over all SMs, or at M = 1 with
+//   few panels one CTA per panel (see there).
 // * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (5 for
 //   NF4 float16) to kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
 //   warps (WK groups, reduced in shared memory at the end) are chosen from M so that the grid
@@ -356,6 +357,10 @@ __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool val
   const int bytes = valid ? 16 : 0;  // 0: fill with zeros, read nothing
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
+__device__ __forceinline__ void CpAsync4(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
+}
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -613,13 +618,19 @@ CudaPlan Plan(const CudaCall& call) {
   const DequantParams& p = call.p;
   CudaPlan plan;
   // NF4 with float16 A and M <= 4: the float16 GEMV, which reads the weights once for all rows
-  // (the tensor-core kernel was 0.65x of fp16 MatMul at M = 4 on an H100). Benchmarks: force 5
-  // keeps the general kernels, 2-4 the dequantize + cuBLAS path.
+  // (the tensor-core kernel was 0.65x of fp16 MatMul at M = 4 on an H100). At M = 1 with at most
+  // one panel per SM the full-row kernel, one CTA per panel (H100, kernel times, full-row /
+  // stream-K: 8.0 / 12.4 us at 4096x4096, 18.9 / 18.6 us at 11008x4096; more panels: 23.1 / 19.5
+  // us at 4096x11008, 84.7 / 59.9 us at 8192x28672); else the stream-K kernel. Benchmarks: force 5
+  // keeps the general kernels, 6 / 7 force the stream-K / full-row kernel, 2-4 the dequantize +
+  // cuBLAS path.
   if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
     const bool fits = kHalfGemvTableBytes + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
-    if (call.type == DType::kHalf && call.m >= 1 && call.m <= kNf4HalfGemvMaxRows && fits &&
-        (call.force <= 1 || call.force >= 6)) {
+    const bool full_row = call.m == 1 && fits && (call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));
+    if (call.type == DType::kHalf && call.m >= 1 && call.m <= kNf4HalfGemvMaxRows &&
+        (call.force <= 1 || call.force == 6 || (call.force == 7 && full_row))) {
       plan.half_gemv = true;
+      plan.stream_k = !full_row;
       plan.mr = static_cast<int>(call.m);
       return plan;
     }
@@ -774,150 +785,310 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
   }
 }
 
-// Variant: a lane takes half of each k-row (8 bytes: channels 8h..8h+7 and 16+8h..16+8h+7, h =
-// lane & 1), so it keeps 16 accumulators instead of 32 and two CTAs of 16 warps fit on an SM; a
-// warp step is 64 k-rows, load i of lane (q, h) reading row 16 * i + q (256 contiguous bytes per
-// load instruction).
-constexpr int kPairGemvStep = 64;
+// ---- stream-K schedule of the float16 NF4 GEMV ---------------------------------------------------
+// One CTA per panel (the kernel above) pays the CTA set-up (pair table, scales) once per panel and
+// leaves SMs idle in a partial last wave (4096x11008: 344 panels on 132 SMs). Here the grid is what
+// is resident at once (every SM, as many CTAs as fit, at most kSkMaxCtasPerSm; fewer for small
+// weights, at least one unit per warp), and the sequence of all units (64 k-rows of one panel,
+// panel-major) is cut into equal contiguous ranges, one per CTA: a range ends one panel, covers whole
+// panels, and starts another.
+// A lane takes half of each k-row (8 bytes: channels 8h..8h+7 and 16+8h..16+8h+7, h = lane & 1) of
+// rows 16i + q (q = lane >> 1, i = 0..3) of a unit: 16 fp32 accumulators, so two CTAs of 16 warps
+// fit on an SM. A warp takes every kGemvWarps-th unit of a panel's part of the range; the next
+// unit's weights (registers) and scales (cp.async into shared memory) are requested before the
+// current unit is computed, across panel boundaries too; A is read when a unit is computed (it is
+// small and read by every CTA: L1 / L2 hits). At the end of each panel's part the warps' sums meet
+// in shared memory and warp 0 writes Y for a whole panel; for a panel shared by CTAs it writes its
+// fp32 sums to the workspace and counts itself in the panel's counter, and the CTA that arrives
+// last sums the parts in CTA order (the result does not depend on timing), adds the bias, writes Y
+// and sets the counter back to 0: the workspace is left as found, ready for the next launch on the
+// stream. H100, kernel times against the one-CTA-per-panel half-row kernel it replaced: 19.5 / 22.1
+// us at 4096x11008 (M = 1), 22.6 / 28.1 (M = 2), 35.2 / 47.9 (M = 4), 59.9 / 74.8 at 8192x28672.
+constexpr int kSkUnit = 64;  // k-rows per unit
 
-// MR rows of A per CTA (grid.y = ceil(M / MR)): a decoded byte feeds MR HFMA2s. One CTA per SM
-// above MR = 1 (registers).
+struct StreamK {  // 32-bit unit indices (LaunchNf4GemvSk checks that they fit)
+  int upp;    // units per panel: ceil(k_pad / kSkUnit)
+  int total;  // panels * upp
+  int ctas;   // <= total: every CTA gets at least one unit
+  __host__ __device__ int Start(int c) const { return static_cast<int>(static_cast<int64_t>(c) * total / ctas); }
+  // The CTA whose range holds unit u: the largest c with Start(c) <= u.
+  __host__ __device__ int CtaOf(int u) const {
+    return static_cast<int>((static_cast<int64_t>(u + 1) * ctas - 1) / total);
+  }
+};
+
+// Workspace of the stream-K GEMV (GemvWorkspaceBytes): partial sums [ctas][2][MR][32] (a CTA's
+// first and last panel; sized for kSkMaxRows), then one counter per panel, 0 before a launch.
+static_assert(kNf4HalfGemvMaxRows == kSkMaxRows, "GemvWorkspaceBytes");
+inline size_t SkPartialFloats(int sm_count) {
+  return static_cast<size_t>(sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * kPanel;
+}
+
+template <typename S>
+__device__ __forceinline__ float SkScale(S raw, float scale2, float offset) {
+  if constexpr (std::is_same_v<S, int8_t>) {
+    return DqScale(raw, scale2, offset);
+  } else {
+    return ToF(raw);
+  }
+}
+
 template <typename S, int MR>
-__global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1) Nf4GemvHalfPairKernel(KernelArgs<__half, S> g) {
+__global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
+    Nf4GemvSkKernel(KernelArgs<__half, S> g, StreamK sk, float* partials, unsigned* counters) {
   extern __shared__ __align__(16) unsigned char hg_smem[];
-  __half2* tab = reinterpret_cast<__half2*>(hg_smem);                          // [256][32]
-  float* scales_s = reinterpret_cast<float*>(hg_smem + kHalfGemvTableBytes);  // [blocks][32]
-  __shared__ float red[kGemvWarps][MR][kPanel];
+  __half2* tab = reinterpret_cast<__half2*>(hg_smem);  // [256][32]
+  __shared__ __align__(16) float sc_s[kGemvWarps][2 * kPanel];  // per warp: its unit's scales (rows 0-31, 32-63)
+  __shared__ __align__(16) unsigned char sc_raw[kGemvWarps][2][2 * kPanel * sizeof(S) + 8];  // as stored, by buffer
+  __shared__ float red[2][kGemvWarps][MR][kPanel];              // by panel parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 1, h = lane & 1;
-  g.a += static_cast<int64_t>(blockIdx.y) * MR * g.p.K;  // this CTA's rows of A
-  g.y += static_cast<int64_t>(blockIdx.y) * MR * g.p.N;
-  const int64_t m = min(static_cast<int64_t>(MR), g.m - static_cast<int64_t>(blockIdx.y) * MR);
-  FillPairTable(tab);
-  const int64_t panel = blockIdx.x;
-  StageScales(g, panel, scales_s);
+  const int cta = blockIdx.x;
+  const int u_begin = sk.Start(cta), u_end = sk.Start(cta + 1);
+  const int p_first = u_begin / sk.upp, p_last = (u_end - 1) / sk.upp;
+  // A unit as (panel, index in the panel). This warp's first unit in panels p, p + 1, ...
+  auto first_from = [&](int p, int& idx) -> int {
+    for (; p <= p_last; ++p) {
+      idx = max(u_begin - p * sk.upp, 0) + warp;
+      if (p * sk.upp + idx < u_end && idx < sk.upp) return p;
+    }
+    return -1;
+  };
+  float dq_offset = 0.0f;
+  if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
+  const __half zero = __float2half(0.0f);
+  // A unit's weights are loaded into registers, its scales copied into shared memory (cp.async,
+  // slot = buffer); A is read when the unit is computed (small, read by every CTA: L1 / L2 hits).
+  struct Buf {
+    uint2 rows[4];
+  };
+  constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S));  // a (panel, block) row of scales
+  // In-panel row indices are 32-bit (k_pad < 2^31). NF4 blocks are 32..256 rows: a unit holds
+  // two blocks (rows 0-31, 32-63) when they are 32 rows, else lies in one.
+  const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K);
+  const bool two_blocks = g.p.group == 32;
+  auto load = [&](int panel, int idx, Buf& b, int slot) {
+    const int k0 = idx * kSkUnit;
+    const uint8_t* bp = g.b + (static_cast<int64_t>(panel) * k_pad + k0 + q) * 16 + 8 * h;
+    if (k0 + kSkUnit <= k_pad) {  // (uniform) a whole unit
+#pragma unroll
+      for (int i = 0; i < 4; ++i) b.rows[i] = __ldg(reinterpret_cast<const uint2*>(bp + 256 * i));
+    } else {  // a panel's last unit with 32 rows: the rows past k_pad are code 7 = 0.0
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        b.rows[i] = k0 + 16 * i + q < k_pad ? __ldg(reinterpret_cast<const uint2*>(bp + 256 * i))
+                                            : make_uint2(0x77777777u, 0x77777777u);
+    }
+    const int64_t r0 = static_cast<int64_t>(panel) * g.p.blocks + (k0 >> g.p.group_shift);
+    const int64_t r1 = two_blocks && k0 + 32 < k_pad ? r0 + 1 : r0;
+    // 4-byte pieces of rows r0 and r1, one per lane in turn; int8 scales: lanes 30 and 31 also
+    // copy the rows' scale2
+    unsigned char* dst = sc_raw[warp][slot];
+    constexpr int kPieces = kRowBytes / 4;
+#pragma unroll
+    for (int piece = lane; piece < 2 * kPieces; piece += 32) {
+      const int64_t r = piece < kPieces ? r0 : r1;
+      CpAsync4(dst + 4 * piece, reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 4 * (piece % kPieces));
+    }
+    if constexpr (std::is_same_v<S, int8_t>) {
+      if (lane >= 30) CpAsync4(dst + 2 * kRowBytes + 4 * (lane - 30), g.scale2 + ((lane == 30 ? r0 : r1) >> kDqRowShift));
+    }
+  };
   float acc[MR][16];  // channels 8h + j (j < 8) and 16 + 8h + j - 8 (j >= 8)
 #pragma unroll
   for (int mi = 0; mi < MR; ++mi)
 #pragma unroll
     for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
-  __syncthreads();
-
-  const __half2* tab_lane = tab + lane;
-  const uint8_t* bp = g.b + panel * g.p.k_pad * 16 + 8 * h;
-  const __half zero = __float2half(0.0f);
-  const int64_t steps = g.p.k_pad / kPairGemvStep;
-  struct Buf {
-    uint2 rows[4];
+  // Shared address of this lane's copy of entry 0 of the pair table: entry byte is at + 128 * byte.
+  const uint32_t tab_lane = static_cast<uint32_t>(__cvta_generic_to_shared(tab)) + 4 * lane;
+  float* sw = sc_s[warp];
+  auto compute = [&](int idx, const Buf& b, int slot) {
+    const int k0 = idx * kSkUnit;
     __half a[MR][4];
-  };
-  auto load = [&](int64_t st, Buf& b) {
-    uint2* rows = b.rows;
-    auto& a = b.a;
+    const __half* ap = g.a + k0 + q;
+    if (k0 + kSkUnit <= K) {  // (uniform)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t k = st * kPairGemvStep + 16 * i + q;
-      rows[i] = __ldg(reinterpret_cast<const uint2*>(bp + k * 16));
+      for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int mi = 0; mi < MR; ++mi) a[mi][i] = (mi < m && k < g.p.K) ? g.a[mi * g.p.K + k] : zero;
+        for (int mi = 0; mi < MR; ++mi) a[mi][i] = __ldg(ap + mi * g.p.K + 16 * i);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) a[mi][i] = k0 + 16 * i + q < K ? __ldg(ap + mi * g.p.K + 16 * i) : zero;
     }
-  };
-  auto flush = [&](__half2 part[MR][8], int64_t k) {
-    const float* sc = scales_s + g.p.Block(k) * kPanel + 8 * h;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float s_lo = sc[j], s_hi = sc[16 + j];
-#pragma unroll
-      for (int mi = 0; mi < MR; ++mi) {
-        const float2 f = __half22float2(part[mi][j]);
-        acc[mi][j] = fmaf(f.x, s_lo, acc[mi][j]);
-        acc[mi][8 + j] = fmaf(f.y, s_hi, acc[mi][8 + j]);
-        part[mi][j] = __half2half2(zero);
+    CpAsyncWait<1>();  // this unit's scales have landed (the next unit's copies may be pending)
+    __syncwarp();      // ... for every lane; and the previous unit's flushes have read sw
+    {
+      const S* raw = reinterpret_cast<const S*>(sc_raw[warp][slot]);
+      float s2a = 0.0f, s2b = 0.0f;
+      if constexpr (std::is_same_v<S, int8_t>) {
+        s2a = reinterpret_cast<const float*>(sc_raw[warp][slot] + 2 * kRowBytes)[0];
+        s2b = reinterpret_cast<const float*>(sc_raw[warp][slot] + 2 * kRowBytes)[1];
       }
+      sw[lane] = SkScale(raw[lane], s2a, dq_offset);
+      sw[kPanel + lane] = SkScale(raw[kPanel + lane], s2b, dq_offset);
     }
-  };
-  auto compute = [&](int64_t st, const Buf& b) {
-    const uint2* rows = b.rows;
-    const auto& a = b.a;
+    __syncwarp();
     __half2 part[MR][8];
 #pragma unroll
     for (int mi = 0; mi < MR; ++mi)
 #pragma unroll
       for (int j = 0; j < 8; ++j) part[mi][j] = __half2half2(zero);
-    const int64_t k0 = st * kPairGemvStep;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const uint32_t w[2] = {rows[i].x, rows[i].y};
+      const uint32_t w[2] = {b.rows[i].x, b.rows[i].y};
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const __half2 v = tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)];
+      for (int j = 0; j < 8; ++j) {  // byte j: one PRMT, one IMAD, one LDS
+        const uint32_t addr = __byte_perm(w[j / 4], 0u, 0x4440u + (j % 4)) * 128u + tab_lane;
+        uint32_t bits;
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(bits) : "r"(addr));
+        const __half2 v = *reinterpret_cast<const __half2*>(&bits);
 #pragma unroll
         for (int mi = 0; mi < MR; ++mi) part[mi][j] = __hfma2(v, __half2half2(a[mi][i]), part[mi][j]);
       }
-      // blocks are >= 32 rows: rows 16i..16i+15 of a step share one; flush where the next differs
-      if (i == 3 || g.p.Block(k0 + 16 * i) != g.p.Block(k0 + 16 * (i + 1))) flush(part, k0 + 16 * i);
-    }
-  };
-  Buf b0, b1;
-  PingPong(warp, steps, b0, b1, load, compute);
-  // the k-rows past the last whole step (k_pad is a multiple of 32, not of 64): a row per lane pair
-  for (int64_t k = steps * kPairGemvStep + 16 * warp + q; k < g.p.k_pad; k += 16 * kGemvWarps) {
-    const uint2 row = __ldg(reinterpret_cast<const uint2*>(bp + k * 16));
-    const uint32_t w[2] = {row.x, row.y};
-    const float* sc = scales_s + g.p.Block(k) * kPanel + 8 * h;
+      if (i == 3 || (i == 1 && two_blocks)) {  // flush the fp16 sums of one scale block
+        const float* sc = sw + (i == 3 && two_blocks ? kPanel : 0) + 8 * h;
 #pragma unroll
-    for (int mi = 0; mi < MR; ++mi) {
-      const float a = (mi < m && k < g.p.K) ? __half2float(g.a[mi * g.p.K + k]) : 0.0f;
+        for (int j = 0; j < 8; ++j) {
+          const float s_lo = sc[j], s_hi = sc[16 + j];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float2 f = __half22float2(tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)]);
-        acc[mi][j] = fmaf(f.x * a, sc[j], acc[mi][j]);
-        acc[mi][8 + j] = fmaf(f.y * a, sc[16 + j], acc[mi][8 + j]);
+          for (int mi = 0; mi < MR; ++mi) {
+            const float2 f = __half22float2(part[mi][j]);
+            acc[mi][j] = fmaf(f.x, s_lo, acc[mi][j]);
+            acc[mi][8 + j] = fmaf(f.y, s_hi, acc[mi][8 + j]);
+            part[mi][j] = __half2half2(zero);
+          }
+        }
       }
     }
-  }
-  const int ch = q < 8 ? 8 * h + q : 16 + 8 * h + q - 8;
-#pragma unroll
-  for (int mi = 0; mi < MR; ++mi) {
-    ReduceScatter<16>(acc[mi], lane);
-    red[warp][mi][ch] = acc[mi][0];
-  }
+  };
+
+  Buf b0, b1;
+  int idx = 0;
+  int up = first_from(p_first, idx);  // the panel of this warp's next unit (-1: none left)
+  if (up >= 0) load(up, idx, b0, 0);  // in flight while the table is filled
+  CpAsyncCommit();
+  FillPairTable(tab);
   __syncthreads();
-  for (int t = threadIdx.x; t < MR * kPanel; t += blockDim.x) {
-    const int mi = t / kPanel, c = t % kPanel;
-    const int64_t n = panel * kPanel + c;
-    if (n >= g.p.N || mi >= m) continue;
-    float v = g.bias ? __half2float(g.bias[n]) : 0.0f;
+  bool in_b1 = false;
+  const int ch = q < 8 ? 8 * h + q : 16 + 8 * h + q - 8;  // the channel ReduceScatter<16> leaves in acc[mi][0]
+  for (int p = p_first; p <= p_last; ++p) {
+    const int end = min(u_end - p * sk.upp, sk.upp);  // this CTA's units of panel p: [begin, end)
+    while (up == p) {  // warp-uniform; the two buffers by name (no dynamic register indexing)
+      int nidx = idx + kGemvWarps, np = p;
+      if (nidx >= end) np = first_from(p + 1, nidx);
+      if (!in_b1) {
+        if (np >= 0) load(np, nidx, b1, 1);
+        CpAsyncCommit();  // (empty without a load: one group per unit either way)
+        compute(idx, b0, 0);
+      } else {
+        if (np >= 0) load(np, nidx, b0, 0);
+        CpAsyncCommit();
+        compute(idx, b1, 1);
+      }
+      in_b1 = !in_b1;
+      up = np;
+      idx = nidx;
+    }
+    const int par = p & 1;
 #pragma unroll
-    for (int w = 0; w < kGemvWarps; ++w) v += red[w][mi][c];
-    g.y[mi * g.p.N + n] = __float2half_rn(v);
+    for (int mi = 0; mi < MR; ++mi) {
+      ReduceScatter<16>(acc[mi], lane);
+      red[par][warp][mi][ch] = acc[mi][0];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
+    }
+    __syncthreads();  // (the next panel's loads are in flight)
+    if (warp != 0) continue;
+    const int64_t n = static_cast<int64_t>(p) * kPanel + lane;
+    const float bias = (g.bias != nullptr && n < g.p.N) ? __half2float(g.bias[n]) : 0.0f;
+    float v[MR];
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi) {
+      v[mi] = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kGemvWarps; ++w) v[mi] += red[par][w][mi][lane];
+    }
+    if (u_begin <= p * sk.upp && end == sk.upp) {  // the whole panel
+      if (n < g.p.N)
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) g.y[mi * g.p.N + n] = __float2half_rn(v[mi] + bias);
+      continue;
+    }
+    float* mine = partials + (static_cast<int64_t>(cta) * 2 + (p == p_first ? 0 : 1)) * MR * kPanel;
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi) mine[mi * kPanel + lane] = v[mi];
+    __threadfence();
+    __syncwarp();
+    unsigned prev = 0;
+    if (lane == 0) prev = atomicAdd(counters + p, 1u);
+    prev = __shfl_sync(0xffffffffu, prev, 0);
+    const int c_first = sk.CtaOf(p * sk.upp), c_last = sk.CtaOf((p + 1) * sk.upp - 1);
+    if (prev != static_cast<unsigned>(c_last - c_first)) continue;  // not the last to arrive
+    __threadfence();
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi) {
+      float t = 0.0f;
+      for (int c = c_first; c <= c_last; ++c) {  // a CTA's part is its slot 1 unless p starts its range
+        const int slot = (c == c_first && sk.Start(c) < p * sk.upp) ? 1 : 0;
+        t += __ldcg(partials + ((static_cast<int64_t>(c) * 2 + slot) * MR + mi) * kPanel + lane);
+      }
+      if (n < g.p.N) g.y[mi * g.p.N + n] = __float2half_rn(t + bias);
+    }
+    if (lane == 0) counters[p] = 0;
   }
+}
+
+// CTAs per SM of the stream-K GEMV (at most kSkMaxCtasPerSm), once per kernel.
+template <typename S, int MR>
+int SkCtasPerSm() {
+  static const int n = [] {
+    int blocks = 0;
+    if (AllowSmem(Nf4GemvSkKernel<S, MR>, kHalfGemvTableBytes) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Nf4GemvSkKernel<S, MR>, kGemvWarps * 32,
+                                                      kHalfGemvTableBytes) != cudaSuccess)
+      return 0;
+    return std::min(blocks, kSkMaxCtasPerSm);
+  }();
+  return n;
 }
 
 template <typename S, int MR>
-cudaError_t LaunchNf4GemvHalfPair(const KernelArgs<__half, S>& g, size_t smem, cudaStream_t stream) {
-  static const cudaError_t attr = AllowSmem(Nf4GemvHalfPairKernel<S, MR>, kHalfGemvMaxSmem);
-  if (attr != cudaSuccess) return attr;
-  const dim3 grid(static_cast<unsigned>(g.p.panels), static_cast<unsigned>((g.m + MR - 1) / MR));
-  Nf4GemvHalfPairKernel<S, MR><<<grid, kGemvWarps * 32, smem, stream>>>(g);
+cudaError_t LaunchNf4GemvSk(const KernelArgs<__half, S>& g, void* workspace, int sm_count, cudaStream_t stream) {
+  if (workspace == nullptr) return cudaErrorInvalidValue;
+  const int per_sm = SkCtasPerSm<S, MR>();
+  if (per_sm < 1) return cudaErrorInvalidConfiguration;
+  const int64_t upp = (g.p.k_pad + kSkUnit - 1) / kSkUnit, total = g.p.panels * upp;
+  if (total >= (int64_t{1} << 30)) return cudaErrorInvalidValue;  // never planned (2^35 weights and more)
+  StreamK sk;
+  sk.upp = static_cast<int>(upp);
+  sk.total = static_cast<int>(total);
+  // all resident CTAs, but at least a unit per warp each (small weights: fewer shared panels)
+  const int64_t busy = (total + kGemvWarps - 1) / kGemvWarps;
+  sk.ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(busy, static_cast<int64_t>(sm_count) * per_sm)));
+  float* partials = static_cast<float*>(workspace);
+  unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
+  Nf4GemvSkKernel<S, MR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kHalfGemvTableBytes, stream>>>(
+      g, sk, partials, counters);
   return cudaGetLastError();
 }
 
-// M = 1: the half-row kernel where there are panels for two CTAs per SM (H100, kernel time: 21.8
-// vs 23.2 us at 4096x11008, 73.3 vs 85.2 us at 8192x28672; but 21.8 vs 19.0 us at 11008x4096),
-// else the full-row one. M = 2..4 (kNf4HalfGemvMaxRows): the half-row kernel with M rows.
-
+// The float16 NF4 GEMV (M <= 4): CudaPlan::stream_k picks the stream-K kernel or, at M = 1, the
+// one-CTA-per-panel full-row kernel (see Plan).
 template <typename S>
-cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, int force, int sm_count, cudaStream_t stream) {
-  const size_t smem = kHalfGemvTableBytes + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
-  if (smem > kHalfGemvMaxSmem) return cudaErrorInvalidConfiguration;  // never planned (> 1344 scale blocks)
-  switch (g.m) {
-    case 2: return LaunchNf4GemvHalfPair<S, 2>(g, smem, stream);
-    case 3: return LaunchNf4GemvHalfPair<S, 3>(g, smem, stream);
-    case 4: return LaunchNf4GemvHalfPair<S, 4>(g, smem, stream);
-    default: break;
+cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, bool stream_k, int sm_count, void* workspace,
+                              cudaStream_t stream) {
+  if (stream_k) {
+    switch (g.m) {
+      case 1: return LaunchNf4GemvSk<S, 1>(g, workspace, sm_count, stream);
+      case 2: return LaunchNf4GemvSk<S, 2>(g, workspace, sm_count, stream);
+      case 3: return LaunchNf4GemvSk<S, 3>(g, workspace, sm_count, stream);
+      case 4: return LaunchNf4GemvSk<S, 4>(g, workspace, sm_count, stream);
+      default: return cudaErrorInvalidValue;
+    }
   }
-  const bool pair = force == 6 || (force != 7 && g.p.panels >= 2 * static_cast<int64_t>(sm_count));
-  if (pair) return LaunchNf4GemvHalfPair<S, 1>(g, smem, stream);  // (benchmarks: force 6 / 7 = always / never)
+  const size_t smem = kHalfGemvTableBytes + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
+  if (g.m != 1 || smem > kHalfGemvMaxSmem) return cudaErrorInvalidValue;  // never planned
   static const cudaError_t attr = AllowSmem(Nf4GemvHalfKernel<S>, kHalfGemvMaxSmem);
   if (attr != cudaSuccess) return attr;
   Nf4GemvHalfKernel<S><<<static_cast<unsigned>(g.p.panels), kGemvWarps * 32, smem, stream>>>(g);
@@ -1112,7 +1283,7 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
     }
   }
   if constexpr (std::is_same_v<Dec, Nf4Decoder> && std::is_same_v<T, __half>) {
-    if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, call.force, call.sm_count, call.stream);  // 5: benchmarks, the general GEMV
+    if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, plan.stream_k, call.sm_count, call.gemv_workspace, call.stream);  // 5: benchmarks, the general GEMV
   }
   return plan.mr == 1 ? LaunchGemv<Dec, T, S, 1>(g, call.stream) : LaunchGemv<Dec, T, S, 2>(g, call.stream);
 }

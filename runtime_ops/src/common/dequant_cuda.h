@@ -35,6 +35,9 @@ struct CudaCall {
   const CublasApi* blas = nullptr;
   void* blas_handle = nullptr;
   void* workspace = nullptr;                  // WorkspaceBytes(call, plan) bytes (device)
+  // Stream-K GEMV (CudaPlan::stream_k): GemvWorkspaceBytes(call, plan) bytes (device), zeroed before
+  // its first use and then reused by every call on one stream (the kernel leaves it as it found it).
+  void* gemv_workspace = nullptr;
   int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
                   // 5 = the general GEMV for float16 NF4 at M = 1, 6 / 7 = its half-row variant always / never
@@ -47,6 +50,7 @@ struct CudaPlan {
   int mr = 0;  // rows of A per CTA of the SIMT kernel
   bool dequant_gemm = false;  // dequantize chunk_panels panels at a time, then cuBLAS
   bool half_gemv = false;     // NF4, float16 A, M <= 4: the float16 GEMV
+  bool stream_k = false;      // ... in its stream-K form (needs CudaCall::gemv_workspace)
   int64_t chunk_panels = 0;
 };
 
@@ -59,6 +63,15 @@ inline size_t ElementBytes(DType t) { return t == DType::kFloat ? 4 : 2; }
 // Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes).
 inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
   return plan.dequant_gemm ? static_cast<size_t>(plan.chunk_panels) * 32 * call.p.K * ElementBytes(call.type) : 0;
+}
+
+// The stream-K GEMV's workspace: fp32 partial sums of up to kSkMaxCtasPerSm CTAs per SM (two
+// panels of kSkMaxRows rows each), then one counter per panel.
+inline constexpr int kSkMaxCtasPerSm = 2;
+inline constexpr int kSkMaxRows = 4;
+inline size_t GemvWorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
+  if (!plan.stream_k) return 0;
+  return (static_cast<size_t>(call.sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * 32 + call.p.panels) * 4;
 }
 
 CudaPlan PlanNf4(const CudaCall& call);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "common/dequant_cuda.h"
@@ -26,13 +27,38 @@ inline void CheckCuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(Str(what, " failed: ", cudaGetErrorString(err)));
 }
 
+// Stream-ordered memory pool of a device for the dequantized chunks, shared by all kernels of the
+// library. The device's default pool has a release threshold of 0: it unmaps freed memory at every
+// synchronization, so each run would map its chunk workspace (up to 128 MiB) again; this one keeps
+// up to kChunkPoolKeepBytes mapped.
+inline constexpr uint64_t kChunkPoolKeepBytes = uint64_t{256} << 20;
+inline cudaMemPool_t ChunkPool(int device) {
+  static std::mutex mu;
+  static std::vector<std::pair<int, cudaMemPool_t>> pools;  // process lifetime, like the CUDA context
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& [d, pool] : pools)
+    if (d == device) return pool;
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t pool = nullptr;
+  CheckCuda(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate");
+  uint64_t keep = kChunkPoolKeepBytes;
+  CheckCuda(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  pools.emplace_back(device, pool);
+  return pool;
+}
+
 // Large M (see kDequantGemmMinRows) goes through cuBLAS on dequantized chunks of B when a
 // libcublas can be loaded: the kernel then owns a cuBLAS handle (created on first use, on the
 // device of the inputs) and takes its workspace from the stream-ordered allocator on ORT's
-// stream for the duration of the call. Without cuBLAS (or without device memory for the
+// stream for the duration of the call (ChunkPool). Without cuBLAS (or without device memory for the
 // workspace) every M runs our own kernels. The environment variable
 // ONNX_COMPRESS_CUDA_CHUNK_BYTES (read when the session creates the kernel) sets the dequantized
 // bytes per chunk (tests use 1: one 32-channel panel per chunk).
+// The stream-K GEMV's workspace (partial sums and per-panel counters, which every launch leaves at
+// 0) is allocated and zeroed once per stream: ORT runs concurrent Run() calls on different streams.
 //
 // Format: kOp, kScaleName, kBType, kBytesPerK, kDoubleQuant, Params(info), Plan(call), Launch(call, plan).
 // kDoubleQuant: the scales may be int8 with inputs 4 and 5 (scale2, offset), as for NF4MatMul.
@@ -45,6 +71,7 @@ class DequantMatMulCudaKernel {
   }
   ~DequantMatMulCudaKernel() {
     if (blas_handle_ != nullptr) CublasApi::Get()->destroy(blas_handle_);
+    for (const auto& entry : gemv_ws_) (void)cudaFree(entry.second);
   }
   DequantMatMulCudaKernel(const DequantMatMulCudaKernel&) = delete;
   DequantMatMulCudaKernel& operator=(const DequantMatMulCudaKernel&) = delete;
@@ -90,6 +117,7 @@ class DequantMatMulCudaKernel {
     call.blas = CublasApi::Get();
     call.chunk_bytes = chunk_bytes_;
     CudaPlan plan = Format::Plan(call);
+    if (plan.stream_k) call.gemv_workspace = GemvWorkspace(call.stream, GemvWorkspaceBytes(call, plan));
     if (!plan.dequant_gemm) {
       CheckCuda(Format::Launch(call, plan), Format::kOp);
       return;
@@ -103,7 +131,8 @@ class DequantMatMulCudaKernel {
       return;
     }
     call.blas_handle = blas_handle_;
-    const cudaError_t alloc = cudaMallocAsync(&call.workspace, WorkspaceBytes(call, plan), call.stream);
+    const cudaError_t alloc =
+        cudaMallocFromPoolAsync(&call.workspace, WorkspaceBytes(call, plan), ChunkPool(device), call.stream);
     if (alloc == cudaErrorMemoryAllocation) {  // no room for the dequantized chunk: our own kernels
       (void)cudaGetLastError();                 // clear the (non-sticky) error
       call.blas = nullptr;
@@ -119,11 +148,27 @@ class DequantMatMulCudaKernel {
     CheckCuda(freed, "cudaFreeAsync (workspace)");
   }
 
+  // The stream-K GEMV's workspace of `stream` (zeroed on it at the first call).
+  void* GemvWorkspace(cudaStream_t stream, size_t bytes) {
+    std::lock_guard<std::mutex> lock(gemv_mu_);
+    for (const auto& [s, ptr] : gemv_ws_)
+      if (s == stream) return ptr;
+    void* ptr = nullptr;
+    CheckCuda(cudaMalloc(&ptr, bytes), "cudaMalloc (GEMV workspace)");
+    const cudaError_t err = cudaMemsetAsync(ptr, 0, bytes, stream);
+    if (err != cudaSuccess) (void)cudaFree(ptr);
+    CheckCuda(err, "cudaMemsetAsync (GEMV workspace)");
+    gemv_ws_.emplace_back(stream, ptr);
+    return ptr;
+  }
+
   DequantParams p_;
   int sm_count_ = 0;
   int64_t chunk_bytes_ = CudaCall().chunk_bytes;
   std::mutex blas_mu_;
   CublasApi::Handle blas_handle_ = nullptr;
+  std::mutex gemv_mu_;
+  std::vector<std::pair<cudaStream_t, void*>> gemv_ws_;
 };
 
 template <typename Format, ONNXTensorElementDataType kType>

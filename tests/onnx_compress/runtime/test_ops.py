@@ -266,25 +266,31 @@ def test_large_m_in_chunks_on_cuda(op: str, block: int, dtype: str, monkeypatch:
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
 @pytest.mark.parametrize("dq", [False, True])
-def test_nf4_float16_gemv_many_panels_on_cuda(dq: bool) -> None:
-    """One float16 row with N >= 2 x 132 SMs x 32 channels takes the half-row NF4 GEMV (two CTAs
-    per SM); K = 333 with 32-row blocks leaves a tail past the last 64-row step, N = 8485 a
-    partial last panel."""
-    k, n, block = 333, 8485, 32
+@pytest.mark.parametrize(("k", "n"), [(333, 8485), (4100, 4321)])
+def test_nf4_float16_gemv_stream_k_on_cuda(dq: bool, k: int, n: int) -> None:
+    """1-4 float16 rows with more panels than SMs (N = 8485 / 4321: 266 / 136 panels of 32
+    channels, the last partial) take the stream-K NF4 GEMV: CTAs share panels (6 / 65 units of 64
+    rows per panel), so the partial sums, the per-panel counters and the last CTA's sum are
+    checked, and twice on a session (the counters must be left at 0). 32-row blocks: K = 333 / 4100
+    ends in a unit with 32 rows; the bias and the double-quantized absmax go through the same path."""
+    block = 32
     rng = np.random.default_rng(31)
     bias = rng.standard_normal(n).astype(np.float16)
+    models = []  # (model, its dequantized weights)
     if dq:
         b, codes, scale2, off, w = make_dq_weights(k, n, block, 32)
-        model = make_model("NF4MatMul", k, n, block, "float16", b, codes, bias, dq=(scale2, off))
+        models.append((make_model("NF4MatMul", k, n, block, "float16", b, codes, bias, dq=(scale2, off)), w))
     else:
-        b, s, w = make_weights("NF4MatMul", k, n, block, np.float16, 32)
-        model = make_model("NF4MatMul", k, n, block, "float16", b, s, bias)
-    sess = session(model, "cuda")
-    for _ in range(2):  # fresh inputs, the output poisoned each time
-        a = rng.standard_normal((1, k)).astype(np.float16)
-        y = run_poisoned(sess, a, n, "cuda")
-        assert np.isfinite(y).all()
-        assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"]
+        for scale_dtype in (np.float16, np.float32):
+            b, s, w = make_weights("NF4MatMul", k, n, block, scale_dtype, 32)
+            models.append((make_model("NF4MatMul", k, n, block, "float16", b, s, bias), w))
+    for model, w in models:
+        sess = session(model, "cuda")
+        for m in (1, 2, 3, 4, 1):  # fresh inputs, the output poisoned each time
+            a = rng.standard_normal((m, k)).astype(np.float16)
+            y = run_poisoned(sess, a, n, "cuda")
+            assert np.isfinite(y).all()
+            assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
 
 
 def test_reference_evaluator_agrees_with_numerics() -> None:
