@@ -789,12 +789,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
 // One CTA per panel (the kernel above) pays the CTA set-up (pair table, scales) once per panel and
 // leaves SMs idle in a partial last wave (4096x11008: 344 panels on 132 SMs). Here the grid is what
 // is resident at once (every SM, as many CTAs as fit, at most kSkMaxCtasPerSm; fewer for small
-// weights, at least one unit per warp), and the sequence of all units (64 k-rows of one panel,
+// weights, at least one unit per warp), and the sequence of all units (16 * KR k-rows of one panel,
 // panel-major) is cut into equal contiguous ranges, one per CTA: a range ends one panel, covers whole
 // panels, and starts another.
 // A lane takes half of each k-row (8 bytes: channels 8h..8h+7 and 16+8h..16+8h+7, h = lane & 1) of
-// rows 16i + q (q = lane >> 1, i = 0..3) of a unit: 16 fp32 accumulators, so two CTAs of 16 warps
-// fit on an SM. A warp takes every kGemvWarps-th unit of a panel's part of the range; the next
+// rows 16i + q (q = lane >> 1, i < KR) of a unit: 16 fp32 accumulators per row of A (with KR = 4
+// and one row of A, two CTAs of 16 warps
+// fit on an SM). A warp takes every kGemvWarps-th unit of a panel's part of the range; the next
 // unit's weights (registers) and scales (cp.async into shared memory) are requested before the
 // current unit is computed, across panel boundaries too; A is read when a unit is computed (it is
 // small and read by every CTA: L1 / L2 hits). At the end of each panel's part the warps' sums meet
@@ -804,10 +805,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
 // and sets the counter back to 0: the workspace is left as found, ready for the next launch on the
 // stream. H100, kernel times against the one-CTA-per-panel half-row kernel it replaced: 19.5 / 22.1
 // us at 4096x11008 (M = 1), 22.6 / 28.1 (M = 2), 35.2 / 47.9 (M = 4), 59.9 / 74.8 at 8192x28672.
-constexpr int kSkUnit = 64;  // k-rows per unit
 
 struct StreamK {  // 32-bit unit indices (LaunchNf4GemvSk checks that they fit)
-  int upp;    // units per panel: ceil(k_pad / kSkUnit)
+  int upp;    // units per panel: ceil(k_pad / unit rows)
   int total;  // panels * upp
   int ctas;   // <= total: every CTA gets at least one unit
   __host__ __device__ int Start(int c) const { return static_cast<int>(static_cast<int64_t>(c) * total / ctas); }
@@ -833,13 +833,20 @@ __device__ __forceinline__ float SkScale(S raw, float scale2, float offset) {
   }
 }
 
-template <typename S, int MR>
-__global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
+// KR: rows per lane per unit (a unit is 16 * KR k-rows: 8 -> 128 rows at M = 1, 4 -> 64 rows);
+// CTAs per SM: 2 with 4 rows and one row of A (64 registers), else 1.
+template <int KR, int MR>
+constexpr int kSkCtasPerSmBound = (KR == 4 && MR == 1) ? 2 : 1;
+
+template <typename S, int MR, int KR>
+__global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
     Nf4GemvSkKernel(KernelArgs<__half, S> g, StreamK sk, float* partials, unsigned* counters) {
+  constexpr int kUnit = 16 * KR;              // k-rows per unit
+  constexpr int kUnitBlocks = kUnit / 32;     // scale blocks a unit can hold (blocks are >= 32 rows)
   extern __shared__ __align__(16) unsigned char hg_smem[];
   __half2* tab = reinterpret_cast<__half2*>(hg_smem);  // [256][32]
-  __shared__ __align__(16) float sc_s[kGemvWarps][2 * kPanel];  // per warp: its unit's scales (rows 0-31, 32-63)
-  __shared__ __align__(16) unsigned char sc_raw[kGemvWarps][2][2 * kPanel * sizeof(S) + 8];  // as stored, by buffer
+  __shared__ __align__(16) float sc_s[kGemvWarps][kUnitBlocks * kPanel];  // per warp: its unit's scales, by 32 rows
+  __shared__ __align__(16) unsigned char sc_raw[kGemvWarps][2][kUnitBlocks * (kPanel * sizeof(S) + 4)];  // as stored, by buffer
   __shared__ float red[2][kGemvWarps][MR][kPanel];              // by panel parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 1, h = lane & 1;
   const int cta = blockIdx.x;
@@ -859,38 +866,42 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
   // A unit's weights are loaded into registers, its scales copied into shared memory (cp.async,
   // slot = buffer); A is read when the unit is computed (small, read by every CTA: L1 / L2 hits).
   struct Buf {
-    uint2 rows[4];
+    uint2 rows[KR];
   };
   constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S));  // a (panel, block) row of scales
-  // In-panel row indices are 32-bit (k_pad < 2^31). NF4 blocks are 32..256 rows: a unit holds
-  // two blocks (rows 0-31, 32-63) when they are 32 rows, else lies in one.
+  // In-panel row indices are 32-bit (k_pad < 2^31). NF4 blocks are 32..256 rows (power of 2), so a
+  // 32-row piece of a unit lies in one block: piece j's scales are those of row k0 + 32 j.
   const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K);
-  const bool two_blocks = g.p.group == 32;
+  const int shift = g.p.group_shift;
   auto load = [&](int panel, int idx, Buf& b, int slot) {
-    const int k0 = idx * kSkUnit;
+    const int k0 = idx * kUnit;
     const uint8_t* bp = g.b + (static_cast<int64_t>(panel) * k_pad + k0 + q) * 16 + 8 * h;
-    if (k0 + kSkUnit <= k_pad) {  // (uniform) a whole unit
+    if (k0 + kUnit <= k_pad) {  // (uniform) a whole unit
 #pragma unroll
-      for (int i = 0; i < 4; ++i) b.rows[i] = __ldg(reinterpret_cast<const uint2*>(bp + 256 * i));
-    } else {  // a panel's last unit with 32 rows: the rows past k_pad are code 7 = 0.0
+      for (int i = 0; i < KR; ++i) b.rows[i] = __ldg(reinterpret_cast<const uint2*>(bp + 256 * i));
+    } else {  // a panel's last unit, short: the rows past k_pad are code 7 = 0.0
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < KR; ++i)
         b.rows[i] = k0 + 16 * i + q < k_pad ? __ldg(reinterpret_cast<const uint2*>(bp + 256 * i))
                                             : make_uint2(0x77777777u, 0x77777777u);
     }
-    const int64_t r0 = static_cast<int64_t>(panel) * g.p.blocks + (k0 >> g.p.group_shift);
-    const int64_t r1 = two_blocks && k0 + 32 < k_pad ? r0 + 1 : r0;
-    // 4-byte pieces of rows r0 and r1, one per lane in turn; int8 scales: lanes 30 and 31 also
-    // copy the rows' scale2
+    // 4-byte pieces of the scale rows of the unit's 32-row pieces (past k_pad: the last row), one
+    // per lane in turn; int8 scales: the first lanes also copy each row's scale2
+    const int64_t row0 = static_cast<int64_t>(panel) * g.p.blocks;
+    const int last_block = static_cast<int>(g.p.blocks) - 1;
     unsigned char* dst = sc_raw[warp][slot];
     constexpr int kPieces = kRowBytes / 4;
 #pragma unroll
-    for (int piece = lane; piece < 2 * kPieces; piece += 32) {
-      const int64_t r = piece < kPieces ? r0 : r1;
+    for (int piece = lane; piece < kUnitBlocks * kPieces; piece += 32) {
+      const int j = piece / kPieces;
+      const int64_t r = row0 + min((k0 + 32 * j) >> shift, last_block);
       CpAsync4(dst + 4 * piece, reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 4 * (piece % kPieces));
     }
     if constexpr (std::is_same_v<S, int8_t>) {
-      if (lane >= 30) CpAsync4(dst + 2 * kRowBytes + 4 * (lane - 30), g.scale2 + ((lane == 30 ? r0 : r1) >> kDqRowShift));
+      if (lane < kUnitBlocks) {
+        const int64_t r = row0 + min((k0 + 32 * lane) >> shift, last_block);
+        CpAsync4(dst + kUnitBlocks * kRowBytes + 4 * lane, g.scale2 + (r >> kDqRowShift));
+      }
     }
   };
   float acc[MR][16];  // channels 8h + j (j < 8) and 16 + 8h + j - 8 (j >= 8)
@@ -902,17 +913,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
   const uint32_t tab_lane = static_cast<uint32_t>(__cvta_generic_to_shared(tab)) + 4 * lane;
   float* sw = sc_s[warp];
   auto compute = [&](int idx, const Buf& b, int slot) {
-    const int k0 = idx * kSkUnit;
-    __half a[MR][4];
+    const int k0 = idx * kUnit;
+    __half a[MR][KR];
     const __half* ap = g.a + k0 + q;
-    if (k0 + kSkUnit <= K) {  // (uniform)
+    if (k0 + kUnit <= K) {  // (uniform)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < KR; ++i)
 #pragma unroll
         for (int mi = 0; mi < MR; ++mi) a[mi][i] = __ldg(ap + mi * g.p.K + 16 * i);
     } else {
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < KR; ++i)
 #pragma unroll
         for (int mi = 0; mi < MR; ++mi) a[mi][i] = k0 + 16 * i + q < K ? __ldg(ap + mi * g.p.K + 16 * i) : zero;
     }
@@ -920,13 +931,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
     __syncwarp();      // ... for every lane; and the previous unit's flushes have read sw
     {
       const S* raw = reinterpret_cast<const S*>(sc_raw[warp][slot]);
-      float s2a = 0.0f, s2b = 0.0f;
-      if constexpr (std::is_same_v<S, int8_t>) {
-        s2a = reinterpret_cast<const float*>(sc_raw[warp][slot] + 2 * kRowBytes)[0];
-        s2b = reinterpret_cast<const float*>(sc_raw[warp][slot] + 2 * kRowBytes)[1];
+#pragma unroll
+      for (int j = 0; j < kUnitBlocks; ++j) {
+        float s2 = 0.0f;
+        if constexpr (std::is_same_v<S, int8_t>)
+          s2 = reinterpret_cast<const float*>(sc_raw[warp][slot] + kUnitBlocks * kRowBytes)[j];
+        sw[kPanel * j + lane] = SkScale(raw[kPanel * j + lane], s2, dq_offset);
       }
-      sw[lane] = SkScale(raw[lane], s2a, dq_offset);
-      sw[kPanel + lane] = SkScale(raw[kPanel + lane], s2b, dq_offset);
     }
     __syncwarp();
     __half2 part[MR][8];
@@ -935,7 +946,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
 #pragma unroll
       for (int j = 0; j < 8; ++j) part[mi][j] = __half2half2(zero);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < KR; ++i) {
       const uint32_t w[2] = {b.rows[i].x, b.rows[i].y};
 #pragma unroll
       for (int j = 0; j < 8; ++j) {  // byte j: one PRMT, one IMAD, one LDS
@@ -946,8 +957,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
 #pragma unroll
         for (int mi = 0; mi < MR; ++mi) part[mi][j] = __hfma2(v, __half2half2(a[mi][i]), part[mi][j]);
       }
-      if (i == 3 || (i == 1 && two_blocks)) {  // flush the fp16 sums of one scale block
-        const float* sc = sw + (i == 3 && two_blocks ? kPanel : 0) + 8 * h;
+      // flush the fp16 sums where the next 16 rows are in another scale block (uniform)
+      if (i == KR - 1 || ((k0 + 16 * i) >> shift) != ((k0 + 16 * (i + 1)) >> shift)) {
+        const float* sc = sw + kPanel * (i / 2) + 8 * h;  // the 32-row piece of rows 16i..16i+15
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const float s_lo = sc[j], s_hi = sc[16 + j];
@@ -1040,12 +1052,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, MR == 1 ? 2 : 1)
 }
 
 // CTAs per SM of the stream-K GEMV (at most kSkMaxCtasPerSm), once per kernel.
-template <typename S, int MR>
+template <typename S, int MR, int KR>
 int SkCtasPerSm() {
   static const int n = [] {
     int blocks = 0;
-    if (AllowSmem(Nf4GemvSkKernel<S, MR>, kHalfGemvTableBytes) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Nf4GemvSkKernel<S, MR>, kGemvWarps * 32,
+    if (AllowSmem(Nf4GemvSkKernel<S, MR, KR>, kHalfGemvTableBytes) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Nf4GemvSkKernel<S, MR, KR>, kGemvWarps * 32,
                                                       kHalfGemvTableBytes) != cudaSuccess)
       return 0;
     return std::min(blocks, kSkMaxCtasPerSm);
@@ -1055,10 +1067,15 @@ int SkCtasPerSm() {
 
 template <typename S, int MR>
 cudaError_t LaunchNf4GemvSk(const KernelArgs<__half, S>& g, void* workspace, int sm_count, cudaStream_t stream) {
+  // M = 1: 8 rows per lane, one CTA of 16 warps per SM (128 registers); H100 kernel times against 4
+  // rows and two CTAs per SM: 19.5 / 19.7 us at 4096x11008, 58.1 / 60.5 at 8192x28672, 19.3 / 18.9
+  // at 11008x4096 (24% fewer instructions, fewer warps to hide latency). M = 2-4: 4 rows (4 rows
+  // against 2 at M = 4: 37.0 / 37.9 us).
+  constexpr int KR = MR == 1 ? 8 : 4;
   if (workspace == nullptr) return cudaErrorInvalidValue;
-  const int per_sm = SkCtasPerSm<S, MR>();
+  const int per_sm = SkCtasPerSm<S, MR, KR>();
   if (per_sm < 1) return cudaErrorInvalidConfiguration;
-  const int64_t upp = (g.p.k_pad + kSkUnit - 1) / kSkUnit, total = g.p.panels * upp;
+  const int64_t upp = (g.p.k_pad + 16 * KR - 1) / (16 * KR), total = g.p.panels * upp;
   if (total >= (int64_t{1} << 30)) return cudaErrorInvalidValue;  // never planned (2^35 weights and more)
   StreamK sk;
   sk.upp = static_cast<int>(upp);
@@ -1068,7 +1085,7 @@ cudaError_t LaunchNf4GemvSk(const KernelArgs<__half, S>& g, void* workspace, int
   sk.ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(busy, static_cast<int64_t>(sm_count) * per_sm)));
   float* partials = static_cast<float*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
-  Nf4GemvSkKernel<S, MR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kHalfGemvTableBytes, stream>>>(
+  Nf4GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kHalfGemvTableBytes, stream>>>(
       g, sk, partials, counters);
   return cudaGetLastError();
 }
