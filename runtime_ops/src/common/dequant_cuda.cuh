@@ -1,7 +1,9 @@
 // CUDA kernels shared by NF4MatMul and Int8MatMul (panel layout, see dequant_cpu.h). Which one
 // runs is Plan<Dec>()'s choice (measured on an H100, docs/benchmarks.md):
 //
-// * GemvKernel (SIMT, fp32 accumulation): M <= 2 (any type but NF4 with float16 A), and every M
+// * Int8GemvSkKernel: Int8 with float16 A and M <= 4 (stream-K, like the NF4 one below), but M = 1
+//   with at most one panel per SM.
+// * GemvKernel (SIMT, fp32 accumulation): M <= 2 (the rest of float16 A), and every M
 //   below the cuBLAS path for float32 activations (kept exact: no tensor-core rounding). CTA =
 //   one panel (32 output channels) x up to MR rows of A, 16 warps taking chunks of K in turn;
 //   each lane decodes whole k-rows, scales and accumulates; lanes and warps are reduced at the
@@ -635,6 +637,20 @@ CudaPlan Plan(const CudaCall& call) {
       return plan;
     }
   }
+  // Int8 with float16 A and M <= 4: the stream-K GEMV, except at M = 1 with at most one panel per
+  // SM (the general GEMV, one CTA per panel, as for NF4). Benchmarks: force 6 forces the stream-K
+  // kernel, 5 / 7 the general GEMV.
+  if constexpr (std::is_same_v<Dec, Int8Decoder>) {
+    const bool per_panel =
+        call.m == 1 && (call.force == 5 || call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));
+    if (call.type == DType::kHalf && call.scale_type != DType::kInt8 && call.m >= 1 && call.m <= kSkMaxRows &&
+        !per_panel && (call.force <= 1 || call.force == 6)) {
+      plan.half_gemv = true;
+      plan.stream_k = true;
+      plan.mr = static_cast<int>(call.m);
+      return plan;
+    }
+  }
   const bool large = call.force >= 2 || (call.force == 0 && call.m >= kDequantGemmMinRows);
   if (call.blas != nullptr && large && call.m > kGemvMaxRows) {
     plan.dequant_gemm = true;
@@ -833,6 +849,110 @@ __device__ __forceinline__ float SkScale(S raw, float scale2, float offset) {
   }
 }
 
+// One CTA's range of the schedule, and this warp's units in it.
+struct SkRange {
+  int u_begin, u_end, p_first, p_last;
+  __device__ SkRange(const StreamK& sk, int cta)
+      : u_begin(sk.Start(cta)), u_end(sk.Start(cta + 1)), p_first(sk.Start(cta) / sk.upp),
+        p_last((sk.Start(cta + 1) - 1) / sk.upp) {}
+  // The CTA's units of panel p are [max(u_begin - p * upp, 0), End(p)) (indices in the panel).
+  __device__ int End(const StreamK& sk, int p) const { return min(u_end - p * sk.upp, sk.upp); }
+  __device__ bool Whole(const StreamK& sk, int p) const { return u_begin <= p * sk.upp && End(sk, p) == sk.upp; }
+  // The warp's first unit in panels p, p + 1, ...: returns its panel (-1: none), sets idx.
+  __device__ int FirstFrom(const StreamK& sk, int p, int warp, int& idx) const {
+    for (; p <= p_last; ++p) {
+      idx = max(u_begin - p * sk.upp, 0) + warp;
+      if (idx < End(sk, p)) return p;
+    }
+    return -1;
+  }
+};
+
+// A CTA's loop over its range: load(panel, idx, buf, slot) / compute(idx, buf, slot) in ping-pong
+// (the two buffers by name: no dynamic register indexing; one cp.async group per unit, committed
+// even when empty), prologue() once after the first load, panel_end(p) by every thread after the
+// warp's units of each panel.
+template <class Buf, class Load, class Compute, class Prologue, class PanelEnd>
+__device__ __forceinline__ void SkLoop(const StreamK& sk, const SkRange& r, int warp, Load&& load, Compute&& compute,
+                                       Prologue&& prologue, PanelEnd&& panel_end) {
+  Buf b0, b1;
+  int idx = 0;
+  int up = r.FirstFrom(sk, r.p_first, warp, idx);  // the panel of this warp's next unit (-1: none left)
+  if (up >= 0) load(up, idx, b0, 0);                // in flight during the prologue
+  CpAsyncCommit();
+  prologue();
+  bool in_b1 = false;
+  for (int p = r.p_first; p <= r.p_last; ++p) {
+    const int end = r.End(sk, p);
+    while (up == p) {  // warp-uniform
+      int nidx = idx + kGemvWarps, np = p;
+      if (nidx >= end) np = r.FirstFrom(sk, p + 1, warp, nidx);
+      if (!in_b1) {
+        if (np >= 0) load(np, nidx, b1, 1);
+        CpAsyncCommit();
+        compute(idx, b0, 0);
+      } else {
+        if (np >= 0) load(np, nidx, b0, 0);
+        CpAsyncCommit();
+        compute(idx, b1, 1);
+      }
+      in_b1 = !in_b1;
+      up = np;
+      idx = nidx;
+    }
+    panel_end(p);
+  }
+}
+
+// End of panel p's part, by every thread, after each warp has put its sums into red[p & 1][warp]
+// (the next panel's loads are in flight): warp 0 sums the warps and writes Y (a whole panel), or
+// writes the CTA's part to the workspace and, if it is the last to arrive, sums all parts in CTA
+// order, adds the bias, writes Y and sets the panel's counter back to 0.
+template <int MR>
+__device__ __forceinline__ void SkPanelOut(const StreamK& sk, const SkRange& r, int p, const float (&red)[2][kGemvWarps][MR][kPanel],
+                                           const __half* bias_p, __half* y, int64_t N, float* partials,
+                                           unsigned* counters) {
+  __syncthreads();
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x, par = p & 1, cta = blockIdx.x;
+  const int64_t n = static_cast<int64_t>(p) * kPanel + lane;
+  const float bias = (bias_p != nullptr && n < N) ? __half2float(bias_p[n]) : 0.0f;
+  float v[MR];
+#pragma unroll
+  for (int mi = 0; mi < MR; ++mi) {
+    v[mi] = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGemvWarps; ++w) v[mi] += red[par][w][mi][lane];
+  }
+  if (r.Whole(sk, p)) {
+    if (n < N)
+#pragma unroll
+      for (int mi = 0; mi < MR; ++mi) y[mi * N + n] = __float2half_rn(v[mi] + bias);
+    return;
+  }
+  float* mine = partials + (static_cast<int64_t>(cta) * 2 + (p == r.p_first ? 0 : 1)) * MR * kPanel;
+#pragma unroll
+  for (int mi = 0; mi < MR; ++mi) mine[mi * kPanel + lane] = v[mi];
+  __threadfence();
+  __syncwarp();
+  unsigned prev = 0;
+  if (lane == 0) prev = atomicAdd(counters + p, 1u);
+  prev = __shfl_sync(0xffffffffu, prev, 0);
+  const int c_first = sk.CtaOf(p * sk.upp), c_last = sk.CtaOf((p + 1) * sk.upp - 1);
+  if (prev != static_cast<unsigned>(c_last - c_first)) return;  // not the last to arrive
+  __threadfence();
+#pragma unroll
+  for (int mi = 0; mi < MR; ++mi) {
+    float t = 0.0f;
+    for (int c = c_first; c <= c_last; ++c) {  // a CTA's part is its slot 1 unless p starts its range
+      const int slot = (c == c_first && sk.Start(c) < p * sk.upp) ? 1 : 0;
+      t += __ldcg(partials + ((static_cast<int64_t>(c) * 2 + slot) * MR + mi) * kPanel + lane);
+    }
+    if (n < N) y[mi * N + n] = __float2half_rn(t + bias);
+  }
+  if (lane == 0) counters[p] = 0;
+}
+
 // KR: rows per lane per unit (a unit is 16 * KR k-rows: 8 -> 128 rows at M = 1, 4 -> 64 rows);
 // CTAs per SM: 2 with 4 rows and one row of A (64 registers), else 1.
 template <int KR, int MR>
@@ -849,17 +969,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   __shared__ __align__(16) unsigned char sc_raw[kGemvWarps][2][kUnitBlocks * (kPanel * sizeof(S) + 4)];  // as stored, by buffer
   __shared__ float red[2][kGemvWarps][MR][kPanel];              // by panel parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 1, h = lane & 1;
-  const int cta = blockIdx.x;
-  const int u_begin = sk.Start(cta), u_end = sk.Start(cta + 1);
-  const int p_first = u_begin / sk.upp, p_last = (u_end - 1) / sk.upp;
-  // A unit as (panel, index in the panel). This warp's first unit in panels p, p + 1, ...
-  auto first_from = [&](int p, int& idx) -> int {
-    for (; p <= p_last; ++p) {
-      idx = max(u_begin - p * sk.upp, 0) + warp;
-      if (p * sk.upp + idx < u_end && idx < sk.upp) return p;
-    }
-    return -1;
-  };
+  const SkRange range(sk, blockIdx.x);
   float dq_offset = 0.0f;
   if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
   const __half zero = __float2half(0.0f);
@@ -975,94 +1085,175 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
     }
   };
 
-  Buf b0, b1;
-  int idx = 0;
-  int up = first_from(p_first, idx);  // the panel of this warp's next unit (-1: none left)
-  if (up >= 0) load(up, idx, b0, 0);  // in flight while the table is filled
-  CpAsyncCommit();
-  FillPairTable(tab);
-  __syncthreads();
-  bool in_b1 = false;
   const int ch = q < 8 ? 8 * h + q : 16 + 8 * h + q - 8;  // the channel ReduceScatter<16> leaves in acc[mi][0]
-  for (int p = p_first; p <= p_last; ++p) {
-    const int end = min(u_end - p * sk.upp, sk.upp);  // this CTA's units of panel p: [begin, end)
-    while (up == p) {  // warp-uniform; the two buffers by name (no dynamic register indexing)
-      int nidx = idx + kGemvWarps, np = p;
-      if (nidx >= end) np = first_from(p + 1, nidx);
-      if (!in_b1) {
-        if (np >= 0) load(np, nidx, b1, 1);
-        CpAsyncCommit();  // (empty without a load: one group per unit either way)
-        compute(idx, b0, 0);
-      } else {
-        if (np >= 0) load(np, nidx, b0, 0);
-        CpAsyncCommit();
-        compute(idx, b1, 1);
-      }
-      in_b1 = !in_b1;
-      up = np;
-      idx = nidx;
-    }
-    const int par = p & 1;
+  SkLoop<Buf>(
+      sk, range, warp, load, compute,
+      [&] {
+        FillPairTable(tab);  // (the first unit's loads are in flight)
+        __syncthreads();
+      },
+      [&](int p) {
 #pragma unroll
-    for (int mi = 0; mi < MR; ++mi) {
-      ReduceScatter<16>(acc[mi], lane);
-      red[par][warp][mi][ch] = acc[mi][0];
+        for (int mi = 0; mi < MR; ++mi) {
+          ReduceScatter<16>(acc[mi], lane);
+          red[p & 1][warp][mi][ch] = acc[mi][0];
 #pragma unroll
-      for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
-    }
-    __syncthreads();  // (the next panel's loads are in flight)
-    if (warp != 0) continue;
-    const int64_t n = static_cast<int64_t>(p) * kPanel + lane;
-    const float bias = (g.bias != nullptr && n < g.p.N) ? __half2float(g.bias[n]) : 0.0f;
-    float v[MR];
-#pragma unroll
-    for (int mi = 0; mi < MR; ++mi) {
-      v[mi] = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kGemvWarps; ++w) v[mi] += red[par][w][mi][lane];
-    }
-    if (u_begin <= p * sk.upp && end == sk.upp) {  // the whole panel
-      if (n < g.p.N)
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) g.y[mi * g.p.N + n] = __float2half_rn(v[mi] + bias);
-      continue;
-    }
-    float* mine = partials + (static_cast<int64_t>(cta) * 2 + (p == p_first ? 0 : 1)) * MR * kPanel;
-#pragma unroll
-    for (int mi = 0; mi < MR; ++mi) mine[mi * kPanel + lane] = v[mi];
-    __threadfence();
-    __syncwarp();
-    unsigned prev = 0;
-    if (lane == 0) prev = atomicAdd(counters + p, 1u);
-    prev = __shfl_sync(0xffffffffu, prev, 0);
-    const int c_first = sk.CtaOf(p * sk.upp), c_last = sk.CtaOf((p + 1) * sk.upp - 1);
-    if (prev != static_cast<unsigned>(c_last - c_first)) continue;  // not the last to arrive
-    __threadfence();
-#pragma unroll
-    for (int mi = 0; mi < MR; ++mi) {
-      float t = 0.0f;
-      for (int c = c_first; c <= c_last; ++c) {  // a CTA's part is its slot 1 unless p starts its range
-        const int slot = (c == c_first && sk.Start(c) < p * sk.upp) ? 1 : 0;
-        t += __ldcg(partials + ((static_cast<int64_t>(c) * 2 + slot) * MR + mi) * kPanel + lane);
-      }
-      if (n < g.p.N) g.y[mi * g.p.N + n] = __float2half_rn(t + bias);
-    }
-    if (lane == 0) counters[p] = 0;
-  }
+          for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
+        }
+        SkPanelOut<MR>(sk, range, p, red, g.bias, g.y, g.p.N, partials, counters);
+      });
 }
 
-// CTAs per SM of the stream-K GEMV (at most kSkMaxCtasPerSm), once per kernel.
+// ---- stream-K Int8 GEMV with float16 A ---------------------------------------------------------
+// The schedule above; a lane takes half of each k-row (16 bytes: channels 16h..16h+15, h = lane & 1)
+// of rows 16i + q (q = lane >> 1, i < KR) of a unit. int8 -> float16 exactly: a byte XOR 0x80
+// (u = x + 128) placed under the exponent byte 0x64 is the float16 1024 + u (PRMT), minus 1152
+// (HSUB2); one HFMA2 per two weights and row of A into fp16 sums of the unit's rows of one scale
+// block (at most 8 products of |x| <= 127), then fp32 with the scale. Scales: per channel or
+// blocks of >= 32 rows, so a 32-row piece of a unit has one scale row.
 template <typename S, int MR, int KR>
-int SkCtasPerSm() {
-  static const int n = [] {
-    int blocks = 0;
-    if (AllowSmem(Nf4GemvSkKernel<S, MR, KR>, kHalfGemvTableBytes) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Nf4GemvSkKernel<S, MR, KR>, kGemvWarps * 32,
-                                                      kHalfGemvTableBytes) != cudaSuccess)
-      return 0;
-    return std::min(blocks, kSkMaxCtasPerSm);
-  }();
-  return n;
+__global__ void __launch_bounds__(kGemvWarps * 32, 1)
+    Int8GemvSkKernel(KernelArgs<__half, S> g, StreamK sk, float* partials, unsigned* counters) {
+  constexpr int kUnit = 16 * KR;           // k-rows per unit
+  constexpr int kUnitPieces = kUnit / 32;  // its 32-row pieces
+  static_assert(kUnitPieces >= 1, "units of whole 32-row pieces");
+  __shared__ __align__(16) float sc_s[kGemvWarps][kUnitPieces * kPanel];                 // per warp, by piece
+  __shared__ __align__(16) unsigned char sc_raw[kGemvWarps][2][kUnitPieces * kPanel * sizeof(S)];  // by buffer
+  __shared__ float red[2][kGemvWarps][MR][kPanel];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 1, h = lane & 1;
+  const SkRange range(sk, blockIdx.x);
+  const __half zero = __float2half(0.0f);
+  struct Buf {
+    uint4 rows[KR];
+  };
+  constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S));
+  const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K);  // per channel: k_pad = K
+  const int shift = min(g.p.group_shift, 31);                                  // per channel: every row -> block 0
+  auto load = [&](int panel, int idx, Buf& b, int slot) {
+    const int k0 = idx * kUnit;
+    const uint8_t* bp = g.b + (static_cast<int64_t>(panel) * k_pad + k0 + q) * 32 + 16 * h;
+    if (k0 + kUnit <= k_pad) {  // (uniform) a whole unit
+#pragma unroll
+      for (int i = 0; i < KR; ++i) b.rows[i] = __ldg(reinterpret_cast<const uint4*>(bp + 512 * i));
+    } else {  // the rows past k_pad contribute 0
+#pragma unroll
+      for (int i = 0; i < KR; ++i)
+        b.rows[i] = k0 + 16 * i + q < k_pad ? __ldg(reinterpret_cast<const uint4*>(bp + 512 * i)) : make_uint4(0, 0, 0, 0);
+    }
+    const int64_t row0 = static_cast<int64_t>(panel) * g.p.blocks;
+    const int last_block = static_cast<int>(g.p.blocks) - 1;
+    unsigned char* dst = sc_raw[warp][slot];
+    constexpr int kPieces = kRowBytes / 4;
+#pragma unroll
+    for (int piece = lane; piece < kUnitPieces * kPieces; piece += 32) {
+      const int j = piece / kPieces;
+      const int64_t r = row0 + min((k0 + 32 * j) >> shift, last_block);
+      CpAsync4(dst + 4 * piece, reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 4 * (piece % kPieces));
+    }
+  };
+  float acc[MR][16];  // channels 16h + j
+#pragma unroll
+  for (int mi = 0; mi < MR; ++mi)
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
+  float* sw = sc_s[warp];
+  const __half2 bias1152 = __floats2half2_rn(1152.0f, 1152.0f);
+  auto compute = [&](int idx, const Buf& b, int slot) {
+    const int k0 = idx * kUnit;
+    __half a[MR][KR];
+    const __half* ap = g.a + k0 + q;
+    if (k0 + kUnit <= K) {  // (uniform)
+#pragma unroll
+      for (int i = 0; i < KR; ++i)
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) a[mi][i] = __ldg(ap + mi * g.p.K + 16 * i);
+    } else {
+#pragma unroll
+      for (int i = 0; i < KR; ++i)
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) a[mi][i] = k0 + 16 * i + q < K ? __ldg(ap + mi * g.p.K + 16 * i) : zero;
+    }
+    CpAsyncWait<1>();  // this unit's scales have landed (the next unit's copies may be pending)
+    __syncwarp();      // ... for every lane; and the previous unit's flushes have read sw
+    {
+      const S* raw = reinterpret_cast<const S*>(sc_raw[warp][slot]);
+#pragma unroll
+      for (int j = 0; j < kUnitPieces; ++j) sw[kPanel * j + lane] = ToF(raw[kPanel * j + lane]);
+    }
+    __syncwarp();
+    __half2 part[MR][8];  // channel pairs (16h + 2t, 16h + 2t + 1)
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi)
+#pragma unroll
+      for (int t = 0; t < 8; ++t) part[mi][t] = __half2half2(zero);
+#pragma unroll
+    for (int i = 0; i < KR; ++i) {
+      const uint32_t w[4] = {b.rows[i].x, b.rows[i].y, b.rows[i].z, b.rows[i].w};
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {  // word t: channels 16h + 4t .. 16h + 4t + 3
+        const uint32_t x = w[t] ^ 0x80808080u;
+        const uint32_t lo_bits = __byte_perm(x, 0x64646464u, 0x5140u), hi_bits = __byte_perm(x, 0x64646464u, 0x5342u);
+        const __half2 lo = __hsub2(*reinterpret_cast<const __half2*>(&lo_bits), bias1152);
+        const __half2 hi = __hsub2(*reinterpret_cast<const __half2*>(&hi_bits), bias1152);
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) {
+          const __half2 a2 = __half2half2(a[mi][i]);
+          part[mi][2 * t] = __hfma2(lo, a2, part[mi][2 * t]);
+          part[mi][2 * t + 1] = __hfma2(hi, a2, part[mi][2 * t + 1]);
+        }
+      }
+      // flush the fp16 sums where the next 16 rows are in another scale block (uniform)
+      if (i == KR - 1 || ((k0 + 16 * i) >> shift) != ((k0 + 16 * (i + 1)) >> shift)) {
+        const float* sc = sw + kPanel * (i / 2) + 16 * h;  // the 32-row piece of rows 16i..16i+15
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+          const float s0 = sc[2 * t], s1 = sc[2 * t + 1];
+#pragma unroll
+          for (int mi = 0; mi < MR; ++mi) {
+            const float2 f = __half22float2(part[mi][t]);
+            acc[mi][2 * t] = fmaf(f.x, s0, acc[mi][2 * t]);
+            acc[mi][2 * t + 1] = fmaf(f.y, s1, acc[mi][2 * t + 1]);
+            part[mi][t] = __half2half2(zero);
+          }
+        }
+      }
+    }
+  };
+  SkLoop<Buf>(
+      sk, range, warp, load, compute, [] {},
+      [&](int p) {
+#pragma unroll
+        for (int mi = 0; mi < MR; ++mi) {
+          ReduceScatter<16>(acc[mi], lane);
+          red[p & 1][warp][mi][16 * h + q] = acc[mi][0];
+#pragma unroll
+          for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
+        }
+        SkPanelOut<MR>(sk, range, p, red, g.bias, g.y, g.p.N, partials, counters);
+      });
+}
+
+// CTAs per SM of a stream-K kernel (at most kSkMaxCtasPerSm), once per kernel.
+template <typename Kernel>
+int SkCtasPerSm(Kernel kernel, size_t smem) {
+  int blocks = 0;
+  if (AllowSmem(kernel, smem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kGemvWarps * 32, smem) != cudaSuccess)
+    return 0;
+  return std::min(blocks, kSkMaxCtasPerSm);
+}
+
+// The schedule for units of `unit` k-rows: all resident CTAs, but at least a unit per warp each
+// (small weights: fewer shared panels). ctas = 0: does not fit 32-bit unit indices.
+inline StreamK MakeStreamK(const Params& p, int unit, int sm_count, int per_sm) {
+  StreamK sk{};
+  const int64_t upp = (p.k_pad + unit - 1) / unit, total = p.panels * upp;
+  if (total >= (int64_t{1} << 30)) return sk;  // never planned (2^35 weights and more)
+  sk.upp = static_cast<int>(upp);
+  sk.total = static_cast<int>(total);
+  const int64_t busy = (total + kGemvWarps - 1) / kGemvWarps;
+  sk.ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(busy, static_cast<int64_t>(sm_count) * per_sm)));
+  return sk;
 }
 
 template <typename S, int MR>
@@ -1072,22 +1263,37 @@ cudaError_t LaunchNf4GemvSk(const KernelArgs<__half, S>& g, void* workspace, int
   // at 11008x4096 (24% fewer instructions, fewer warps to hide latency). M = 2-4: 4 rows (4 rows
   // against 2 at M = 4: 37.0 / 37.9 us).
   constexpr int KR = MR == 1 ? 8 : 4;
-  if (workspace == nullptr) return cudaErrorInvalidValue;
-  const int per_sm = SkCtasPerSm<S, MR, KR>();
-  if (per_sm < 1) return cudaErrorInvalidConfiguration;
-  const int64_t upp = (g.p.k_pad + 16 * KR - 1) / (16 * KR), total = g.p.panels * upp;
-  if (total >= (int64_t{1} << 30)) return cudaErrorInvalidValue;  // never planned (2^35 weights and more)
-  StreamK sk;
-  sk.upp = static_cast<int>(upp);
-  sk.total = static_cast<int>(total);
-  // all resident CTAs, but at least a unit per warp each (small weights: fewer shared panels)
-  const int64_t busy = (total + kGemvWarps - 1) / kGemvWarps;
-  sk.ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(busy, static_cast<int64_t>(sm_count) * per_sm)));
+  static const int per_sm = SkCtasPerSm(Nf4GemvSkKernel<S, MR, KR>, kHalfGemvTableBytes);
+  const StreamK sk = MakeStreamK(g.p, 16 * KR, sm_count, per_sm);
+  if (workspace == nullptr || per_sm < 1 || sk.ctas < 1) return cudaErrorInvalidValue;
   float* partials = static_cast<float*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
   Nf4GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kHalfGemvTableBytes, stream>>>(
       g, sk, partials, counters);
   return cudaGetLastError();
+}
+
+template <typename S, int MR>
+cudaError_t LaunchInt8GemvSk(const KernelArgs<__half, S>& g, void* workspace, int sm_count, cudaStream_t stream) {
+  constexpr int KR = MR <= 2 ? 4 : 2;  // 64-row units (32 at M = 3, 4: registers), one CTA of 16 warps per SM
+  static const int per_sm = SkCtasPerSm(Int8GemvSkKernel<S, MR, KR>, 0);
+  const StreamK sk = MakeStreamK(g.p, 16 * KR, sm_count, per_sm);
+  if (workspace == nullptr || per_sm < 1 || sk.ctas < 1) return cudaErrorInvalidValue;
+  float* partials = static_cast<float*>(workspace);
+  unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
+  Int8GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, 0, stream>>>(g, sk, partials, counters);
+  return cudaGetLastError();
+}
+
+template <typename S>
+cudaError_t LaunchInt8GemvHalf(const KernelArgs<__half, S>& g, int sm_count, void* workspace, cudaStream_t stream) {
+  switch (g.m) {
+    case 1: return LaunchInt8GemvSk<S, 1>(g, workspace, sm_count, stream);
+    case 2: return LaunchInt8GemvSk<S, 2>(g, workspace, sm_count, stream);
+    case 3: return LaunchInt8GemvSk<S, 3>(g, workspace, sm_count, stream);
+    case 4: return LaunchInt8GemvSk<S, 4>(g, workspace, sm_count, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 // The float16 NF4 GEMV (M <= 4): CudaPlan::stream_k picks the stream-K kernel or, at M = 1, the
@@ -1298,6 +1504,9 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
         default: return LaunchTc<Tc1k<Dec, S>, Dec, T, S>(g, call.stream);
       }
     }
+  }
+  if constexpr (std::is_same_v<Dec, Int8Decoder> && std::is_same_v<T, __half> && !std::is_same_v<S, int8_t>) {
+    if (plan.half_gemv) return LaunchInt8GemvHalf<S>(g, call.sm_count, call.gemv_workspace, call.stream);
   }
   if constexpr (std::is_same_v<Dec, Nf4Decoder> && std::is_same_v<T, __half>) {
     if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, plan.stream_k, call.sm_count, call.gemv_workspace, call.stream);  // 5: benchmarks, the general GEMV

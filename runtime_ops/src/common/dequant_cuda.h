@@ -49,8 +49,8 @@ struct CudaPlan {
   int bm = 0;  // rows per CTA of the tensor-core kernel
   int mr = 0;  // rows of A per CTA of the SIMT kernel
   bool dequant_gemm = false;  // dequantize chunk_panels panels at a time, then cuBLAS
-  bool half_gemv = false;     // NF4, float16 A, M <= 4: the float16 GEMV
-  bool stream_k = false;      // ... in its stream-K form (needs CudaCall::gemv_workspace)
+  bool half_gemv = false;     // float16 A, M <= 4: the float16 GEMVs (NF4: two kernels; Int8: stream-K)
+  bool stream_k = false;      // ... in the stream-K form (needs CudaCall::gemv_workspace)
   int64_t chunk_panels = 0;
 };
 

@@ -293,6 +293,26 @@ def test_nf4_float16_gemv_stream_k_on_cuda(dq: bool, k: int, n: int) -> None:
             assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+@pytest.mark.parametrize(("k", "n", "block"), [(333, 8485, 0), (4100, 4321, 32), (1000, 4500, 64)])
+def test_int8_float16_gemv_stream_k_on_cuda(k: int, n: int, block: int) -> None:
+    """1-4 float16 rows of Int8MatMul with more panels than SMs take the stream-K Int8 GEMV (panels
+    shared by CTAs, units of 64 rows at 1-2 rows of A and 32 at 3-4): per channel with an odd K
+    (K_pad = K: a last unit with 13 rows), blocks of 32 and 64 with K not a multiple of the block;
+    float16 and float32 scales, a bias, two calls per row count (the counters must be left at 0)."""
+    rng = np.random.default_rng(41)
+    bias = rng.standard_normal(n).astype(np.float16)
+    for scale_dtype in (np.float16, np.float32):
+        b, s, w = make_weights("Int8MatMul", k, n, block, scale_dtype, 42)
+        sess = session(make_model("Int8MatMul", k, n, block, "float16", b, s, bias), "cuda")
+        for m in (1, 2, 3, 4, 1, 4):  # fresh inputs, the output poisoned each time
+            a = rng.standard_normal((m, k)).astype(np.float16)
+            y = run_poisoned(sess, a, n, "cuda")
+            assert np.isfinite(y).all()
+            assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], (m, scale_dtype)
+
+
 def test_reference_evaluator_agrees_with_numerics() -> None:
     for op, k, n, block in CASES[:2] + CASES[4:5]:
         b, s, w = make_weights(op, k, n, block, np.float32, 1)
