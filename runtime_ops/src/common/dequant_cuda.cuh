@@ -953,6 +953,88 @@ __device__ __forceinline__ void SkPanelOut(const StreamK& sk, const SkRange& r, 
   if (lane == 0) counters[p] = 0;
 }
 
+// ---- per-unit pieces shared by the stream-K GEMVs --------------------------------------------------
+// A unit's rows 16i + q (i < KR) of a panel's weights, `stride` bytes apart per 16 rows, from bp
+// (the lane's bytes of row k0 + q); rows past k_pad get `pad` (a code worth 0).
+template <int KR, typename Row>
+__device__ __forceinline__ void SkLoadRows(const uint8_t* bp, int stride, int k0, int q, int k_pad, Row pad,
+                                           Row (&rows)[KR]) {
+  if (k0 + 16 * KR <= k_pad) {  // (uniform) a whole unit
+#pragma unroll
+    for (int i = 0; i < KR; ++i) rows[i] = __ldg(reinterpret_cast<const Row*>(bp + stride * i));
+  } else {  // a panel's last unit, short
+#pragma unroll
+    for (int i = 0; i < KR; ++i)
+      rows[i] = k0 + 16 * i + q < k_pad ? __ldg(reinterpret_cast<const Row*>(bp + stride * i)) : pad;
+  }
+}
+
+// Copies (cp.async, 4-byte pieces, one per lane in turn) the scale rows of a unit's `pieces` 32-row
+// pieces into dst (a row past the last block: the last one); int8 (double-quantized) scales: the
+// first lanes also copy each row's scale2, after the rows.
+template <typename T, typename S>
+__device__ __forceinline__ void SkCopyScales(const KernelArgs<T, S>& g, int panel, int k0, int shift, int pieces,
+                                             int lane, unsigned char* dst) {
+  constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S)), kPieces = kRowBytes / 4;
+  const int64_t row0 = static_cast<int64_t>(panel) * g.p.blocks;
+  const int last_block = static_cast<int>(g.p.blocks) - 1;
+  for (int piece = lane; piece < pieces * kPieces; piece += 32) {
+    const int64_t r = row0 + min((k0 + 32 * (piece / kPieces)) >> shift, last_block);
+    CpAsync4(dst + 4 * piece, reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 4 * (piece % kPieces));
+  }
+  if constexpr (std::is_same_v<S, int8_t>) {
+    if (lane < pieces) {
+      const int64_t r = row0 + min((k0 + 32 * lane) >> shift, last_block);
+      CpAsync4(dst + pieces * kRowBytes + 4 * lane, g.scale2 + (r >> kDqRowShift));
+    }
+  }
+}
+
+// Waits for the unit's scales (the next unit's copies may be pending) and decodes them from src
+// (SkCopyScales) into the warp's float rows sw [pieces][32]; the warp's previous flushes are done
+// reading sw before, and every lane sees the new rows after.
+template <typename S>
+__device__ __forceinline__ void SkStageScales(const unsigned char* src, int pieces, float offset, int lane, float* sw) {
+  CpAsyncWait<1>();
+  __syncwarp();
+  const S* raw = reinterpret_cast<const S*>(src);
+  for (int j = 0; j < pieces; ++j) {
+    float s2 = 0.0f;
+    if constexpr (std::is_same_v<S, int8_t>) s2 = reinterpret_cast<const float*>(src + pieces * kPanel * sizeof(S))[j];
+    sw[kPanel * j + lane] = SkScale(raw[kPanel * j + lane], s2, offset);
+  }
+  __syncwarp();
+}
+
+// A at the lane's rows k0 + 16i + q of the unit (0 past K), MR rows.
+template <int MR, int KR>
+__device__ __forceinline__ void SkLoadA(const __half* a, int64_t lda, int k0, int q, int K, __half (&out)[MR][KR]) {
+  const __half* ap = a + k0 + q;
+  if (k0 + 16 * KR <= K) {  // (uniform)
+#pragma unroll
+    for (int i = 0; i < KR; ++i)
+#pragma unroll
+      for (int mi = 0; mi < MR; ++mi) out[mi][i] = __ldg(ap + mi * lda + 16 * i);
+  } else {
+#pragma unroll
+    for (int i = 0; i < KR; ++i)
+#pragma unroll
+      for (int mi = 0; mi < MR; ++mi) out[mi][i] = k0 + 16 * i + q < K ? __ldg(ap + mi * lda + 16 * i) : __float2half(0.0f);
+  }
+}
+
+// The warp's sums of a panel into red_w (ReduceScatter<16>: lane's total is for channel ch), then 0.
+template <int MR>
+__device__ __forceinline__ void SkWarpSums(float (&acc)[MR][16], int lane, int ch, float (&red_w)[MR][kPanel]) {
+#pragma unroll
+  for (int mi = 0; mi < MR; ++mi) {
+    ReduceScatter<16>(acc[mi], lane);
+    red_w[mi][ch] = acc[mi][0];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
+  }
+}
+
 // KR: rows per lane per unit (a unit is 16 * KR k-rows: 8 -> 128 rows at M = 1, 4 -> 64 rows);
 // CTAs per SM: 2 with 4 rows and one row of A (64 registers), else 1.
 template <int KR, int MR>
@@ -978,7 +1060,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   struct Buf {
     uint2 rows[KR];
   };
-  constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S));  // a (panel, block) row of scales
   // In-panel row indices are 32-bit (k_pad < 2^31). NF4 blocks are 32..256 rows (power of 2), so a
   // 32-row piece of a unit lies in one block: piece j's scales are those of row k0 + 32 j.
   const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K);
@@ -986,33 +1067,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   auto load = [&](int panel, int idx, Buf& b, int slot) {
     const int k0 = idx * kUnit;
     const uint8_t* bp = g.b + (static_cast<int64_t>(panel) * k_pad + k0 + q) * 16 + 8 * h;
-    if (k0 + kUnit <= k_pad) {  // (uniform) a whole unit
-#pragma unroll
-      for (int i = 0; i < KR; ++i) b.rows[i] = __ldg(reinterpret_cast<const uint2*>(bp + 256 * i));
-    } else {  // a panel's last unit, short: the rows past k_pad are code 7 = 0.0
-#pragma unroll
-      for (int i = 0; i < KR; ++i)
-        b.rows[i] = k0 + 16 * i + q < k_pad ? __ldg(reinterpret_cast<const uint2*>(bp + 256 * i))
-                                            : make_uint2(0x77777777u, 0x77777777u);
-    }
-    // 4-byte pieces of the scale rows of the unit's 32-row pieces (past k_pad: the last row), one
-    // per lane in turn; int8 scales: the first lanes also copy each row's scale2
-    const int64_t row0 = static_cast<int64_t>(panel) * g.p.blocks;
-    const int last_block = static_cast<int>(g.p.blocks) - 1;
-    unsigned char* dst = sc_raw[warp][slot];
-    constexpr int kPieces = kRowBytes / 4;
-#pragma unroll
-    for (int piece = lane; piece < kUnitBlocks * kPieces; piece += 32) {
-      const int j = piece / kPieces;
-      const int64_t r = row0 + min((k0 + 32 * j) >> shift, last_block);
-      CpAsync4(dst + 4 * piece, reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 4 * (piece % kPieces));
-    }
-    if constexpr (std::is_same_v<S, int8_t>) {
-      if (lane < kUnitBlocks) {
-        const int64_t r = row0 + min((k0 + 32 * lane) >> shift, last_block);
-        CpAsync4(dst + kUnitBlocks * kRowBytes + 4 * lane, g.scale2 + (r >> kDqRowShift));
-      }
-    }
+    SkLoadRows<KR>(bp, 256, k0, q, k_pad, make_uint2(0x77777777u, 0x77777777u), b.rows);  // pad: code 7 = 0.0
+    SkCopyScales(g, panel, k0, shift, kUnitBlocks, lane, sc_raw[warp][slot]);
   };
   float acc[MR][16];  // channels 8h + j (j < 8) and 16 + 8h + j - 8 (j >= 8)
 #pragma unroll
@@ -1025,31 +1081,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   auto compute = [&](int idx, const Buf& b, int slot) {
     const int k0 = idx * kUnit;
     __half a[MR][KR];
-    const __half* ap = g.a + k0 + q;
-    if (k0 + kUnit <= K) {  // (uniform)
-#pragma unroll
-      for (int i = 0; i < KR; ++i)
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) a[mi][i] = __ldg(ap + mi * g.p.K + 16 * i);
-    } else {
-#pragma unroll
-      for (int i = 0; i < KR; ++i)
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) a[mi][i] = k0 + 16 * i + q < K ? __ldg(ap + mi * g.p.K + 16 * i) : zero;
-    }
-    CpAsyncWait<1>();  // this unit's scales have landed (the next unit's copies may be pending)
-    __syncwarp();      // ... for every lane; and the previous unit's flushes have read sw
-    {
-      const S* raw = reinterpret_cast<const S*>(sc_raw[warp][slot]);
-#pragma unroll
-      for (int j = 0; j < kUnitBlocks; ++j) {
-        float s2 = 0.0f;
-        if constexpr (std::is_same_v<S, int8_t>)
-          s2 = reinterpret_cast<const float*>(sc_raw[warp][slot] + kUnitBlocks * kRowBytes)[j];
-        sw[kPanel * j + lane] = SkScale(raw[kPanel * j + lane], s2, dq_offset);
-      }
-    }
-    __syncwarp();
+    SkLoadA(g.a, g.p.K, k0, q, K, a);
+    SkStageScales<S>(sc_raw[warp][slot], kUnitBlocks, dq_offset, lane, sw);
     __half2 part[MR][8];
 #pragma unroll
     for (int mi = 0; mi < MR; ++mi)
@@ -1093,13 +1126,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
         __syncthreads();
       },
       [&](int p) {
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) {
-          ReduceScatter<16>(acc[mi], lane);
-          red[p & 1][warp][mi][ch] = acc[mi][0];
-#pragma unroll
-          for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
-        }
+        SkWarpSums(acc, lane, ch, red[p & 1][warp]);
         SkPanelOut<MR>(sk, range, p, red, g.bias, g.y, g.p.N, partials, counters);
       });
 }
@@ -1126,30 +1153,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
   struct Buf {
     uint4 rows[KR];
   };
-  constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S));
   const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K);  // per channel: k_pad = K
   const int shift = min(g.p.group_shift, 31);                                  // per channel: every row -> block 0
   auto load = [&](int panel, int idx, Buf& b, int slot) {
     const int k0 = idx * kUnit;
     const uint8_t* bp = g.b + (static_cast<int64_t>(panel) * k_pad + k0 + q) * 32 + 16 * h;
-    if (k0 + kUnit <= k_pad) {  // (uniform) a whole unit
-#pragma unroll
-      for (int i = 0; i < KR; ++i) b.rows[i] = __ldg(reinterpret_cast<const uint4*>(bp + 512 * i));
-    } else {  // the rows past k_pad contribute 0
-#pragma unroll
-      for (int i = 0; i < KR; ++i)
-        b.rows[i] = k0 + 16 * i + q < k_pad ? __ldg(reinterpret_cast<const uint4*>(bp + 512 * i)) : make_uint4(0, 0, 0, 0);
-    }
-    const int64_t row0 = static_cast<int64_t>(panel) * g.p.blocks;
-    const int last_block = static_cast<int>(g.p.blocks) - 1;
-    unsigned char* dst = sc_raw[warp][slot];
-    constexpr int kPieces = kRowBytes / 4;
-#pragma unroll
-    for (int piece = lane; piece < kUnitPieces * kPieces; piece += 32) {
-      const int j = piece / kPieces;
-      const int64_t r = row0 + min((k0 + 32 * j) >> shift, last_block);
-      CpAsync4(dst + 4 * piece, reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 4 * (piece % kPieces));
-    }
+    SkLoadRows<KR>(bp, 512, k0, q, k_pad, make_uint4(0, 0, 0, 0), b.rows);  // pad: code 0
+    SkCopyScales(g, panel, k0, shift, kUnitPieces, lane, sc_raw[warp][slot]);
   };
   float acc[MR][16];  // channels 16h + j
 #pragma unroll
@@ -1161,26 +1171,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
   auto compute = [&](int idx, const Buf& b, int slot) {
     const int k0 = idx * kUnit;
     __half a[MR][KR];
-    const __half* ap = g.a + k0 + q;
-    if (k0 + kUnit <= K) {  // (uniform)
-#pragma unroll
-      for (int i = 0; i < KR; ++i)
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) a[mi][i] = __ldg(ap + mi * g.p.K + 16 * i);
-    } else {
-#pragma unroll
-      for (int i = 0; i < KR; ++i)
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) a[mi][i] = k0 + 16 * i + q < K ? __ldg(ap + mi * g.p.K + 16 * i) : zero;
-    }
-    CpAsyncWait<1>();  // this unit's scales have landed (the next unit's copies may be pending)
-    __syncwarp();      // ... for every lane; and the previous unit's flushes have read sw
-    {
-      const S* raw = reinterpret_cast<const S*>(sc_raw[warp][slot]);
-#pragma unroll
-      for (int j = 0; j < kUnitPieces; ++j) sw[kPanel * j + lane] = ToF(raw[kPanel * j + lane]);
-    }
-    __syncwarp();
+    SkLoadA(g.a, g.p.K, k0, q, K, a);
+    SkStageScales<S>(sc_raw[warp][slot], kUnitPieces, 0.0f, lane, sw);
     __half2 part[MR][8];  // channel pairs (16h + 2t, 16h + 2t + 1)
 #pragma unroll
     for (int mi = 0; mi < MR; ++mi)
@@ -1222,13 +1214,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
   SkLoop<Buf>(
       sk, range, warp, load, compute, [] {},
       [&](int p) {
-#pragma unroll
-        for (int mi = 0; mi < MR; ++mi) {
-          ReduceScatter<16>(acc[mi], lane);
-          red[p & 1][warp][mi][16 * h + q] = acc[mi][0];
-#pragma unroll
-          for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
-        }
+        SkWarpSums(acc, lane, 16 * h + q, red[p & 1][warp]);
         SkPanelOut<MR>(sk, range, p, red, g.bias, g.y, g.p.N, partials, counters);
       });
 }
