@@ -12,8 +12,8 @@
 // kDequantGemmMinRows) and the large-M path ("dqgemm": chunks of the weights dequantized into a
 // workspace, then cublasGemmEx) once per chunk size in MiB of CHUNKS (default "128", the
 // library's). SPLIT=1 adds the dequantization ("dq") and the GEMMs ("gemm") timed alone;
-// OLDGEMV=1 adds, at M <= 2, the general GEMV ("gemv0"), and the float16 NF4 GEMV's two kernels
-// forced: stream-K ("gemvs", M <= 4) and one CTA per panel ("gemvf", M = 1).
+// OLDGEMV=1 adds, at M <= 2, the general GEMV ("gemv0"), and the float16 GEMVs' kernels forced:
+// stream-K ("gemvs", M <= 4) and one CTA per panel ("gemvf", M = 1; for Int8 the general GEMV).
 //
 // Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
 // Each result is checked against cuBLAS on the same dequantized weights (float16 relative
@@ -180,7 +180,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     CK(cudaGetLastError());
     const double weight_bytes = double(b_bytes) + (dq ? s_elems + s2_elems * 4.0 : s_elems * 2.0);
     std::vector<std::pair<int, int64_t>> paths = {{1, 0}};  // (force, chunk MiB)
-    if (std::getenv("OLDGEMV")) {  // M = 1: the general GEMV instead of the fp16 one, and its half-row variant
+    if (std::getenv("OLDGEMV")) {  // the general GEMV, the stream-K and the per-panel float16 GEMV forced
       paths.push_back({5, 0});
       paths.push_back({6, 0});
       paths.push_back({7, 0});

@@ -40,7 +40,7 @@ struct CudaCall {
   void* gemv_workspace = nullptr;
   int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
-                  // 5 = the general GEMV for float16 NF4 at M = 1, 6 / 7 = its half-row variant always / never
+                  // 5 = the general GEMV (M <= 2), 6 / 7 = the float16 GEMVs' stream-K / per-panel kernel
 };
 
 // How a call is run: which kernel and tile.

@@ -141,7 +141,7 @@ class DequantMatMulCudaKernel {
       CheckCuda(Format::Launch(call, plan), Format::kOp);
       return;
     }
-    CheckCuda(alloc, "cudaMallocAsync (workspace)");
+    CheckCuda(alloc, "cudaMallocFromPoolAsync (workspace)");
     const cudaError_t err = Format::Launch(call, plan);
     const cudaError_t freed = cudaFreeAsync(call.workspace, call.stream);
     CheckCuda(err, "dequantize + cuBLAS GEMM");
