@@ -166,7 +166,6 @@ struct KernelArgs {
 
 constexpr int kGemvWarps = 16;
 constexpr int kGemvMaxRows = 2;  // GEMV for M <= 2 (and float32, which skips the tensor cores)
-constexpr int kNf4HalfGemvMaxRows = 4;  // NF4 with float16 A: its own GEMV for M <= 4
 constexpr size_t kHalfGemvTableBytes = 256 * 32 * 4;    // its per-lane table: [byte][lane] half2
 constexpr size_t kHalfGemvMaxSmem = 200 * 1024;         // table + scales; more scale blocks: other kernels
 
@@ -629,7 +628,7 @@ CudaPlan Plan(const CudaCall& call) {
   if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
     const bool fits = kHalfGemvTableBytes + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
     const bool full_row = call.m == 1 && fits && (call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));
-    if (call.type == DType::kHalf && call.m >= 1 && call.m <= kNf4HalfGemvMaxRows &&
+    if (call.type == DType::kHalf && call.m >= 1 && call.m <= kSkMaxRows &&
         (call.force <= 1 || call.force == 6 || (call.force == 7 && full_row))) {
       plan.half_gemv = true;
       plan.stream_k = !full_row;
@@ -833,12 +832,8 @@ struct StreamK {  // 32-bit unit indices (LaunchNf4GemvSk checks that they fit)
   }
 };
 
-// Workspace of the stream-K GEMV (GemvWorkspaceBytes): partial sums [ctas][2][MR][32] (a CTA's
-// first and last panel; sized for kSkMaxRows), then one counter per panel, 0 before a launch.
-static_assert(kNf4HalfGemvMaxRows == kSkMaxRows, "GemvWorkspaceBytes");
-inline size_t SkPartialFloats(int sm_count) {
-  return static_cast<size_t>(sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * kPanel;
-}
+// Workspace of the stream-K GEMVs (GemvWorkspaceBytes): partial sums [ctas][2][MR][32], then the
+// per-panel counters (SkPartialFloats(sm_count) floats in), 0 before a launch.
 
 template <typename S>
 __device__ __forceinline__ float SkScale(S raw, float scale2, float offset) {

@@ -65,13 +65,16 @@ inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
   return plan.dequant_gemm ? static_cast<size_t>(plan.chunk_panels) * 32 * call.p.K * ElementBytes(call.type) : 0;
 }
 
-// The stream-K GEMV's workspace: fp32 partial sums of up to kSkMaxCtasPerSm CTAs per SM (two
-// panels of kSkMaxRows rows each), then one counter per panel.
+// The stream-K GEMVs (float16 A, M <= kSkMaxRows) and their workspace: fp32 partial sums of up
+// to kSkMaxCtasPerSm CTAs per SM (a CTA's first and last panel, kSkMaxRows rows of 32 channels
+// each), then one 32-bit counter per panel.
 inline constexpr int kSkMaxCtasPerSm = 2;
 inline constexpr int kSkMaxRows = 4;
+inline size_t SkPartialFloats(int sm_count) {
+  return static_cast<size_t>(sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * 32;
+}
 inline size_t GemvWorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
-  if (!plan.stream_k) return 0;
-  return (static_cast<size_t>(call.sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * 32 + call.p.panels) * 4;
+  return plan.stream_k ? (SkPartialFloats(call.sm_count) + static_cast<size_t>(call.p.panels)) * 4 : 0;
 }
 
 CudaPlan PlanNf4(const CudaCall& call);

@@ -269,10 +269,11 @@ def test_large_m_in_chunks_on_cuda(op: str, block: int, dtype: str, monkeypatch:
 @pytest.mark.parametrize(("k", "n"), [(333, 8485), (4100, 4321)])
 def test_nf4_float16_gemv_stream_k_on_cuda(dq: bool, k: int, n: int) -> None:
     """1-4 float16 rows with more panels than SMs (N = 8485 / 4321: 266 / 136 panels of 32
-    channels, the last partial) take the stream-K NF4 GEMV: CTAs share panels (6 / 65 units of 64
-    rows per panel), so the partial sums, the per-panel counters and the last CTA's sum are
-    checked, and twice on a session (the counters must be left at 0). 32-row blocks: K = 333 / 4100
-    ends in a unit with 32 rows; the bias and the double-quantized absmax go through the same path."""
+    channels, the last partial) take the stream-K NF4 GEMV: CTAs share panels (units of 128 rows
+    at one row of A, 64 at 2-4: 3 / 33 or 6 / 65 per panel), so the partial sums, the per-panel
+    counters and the last CTA's sum are checked, and twice on a session (the counters must be left
+    at 0). 32-row blocks, K_pad = 352 / 4128: the last unit of a panel is short (96 or 32 rows at
+    one row of A, 32 at 2-4); the bias and the double-quantized absmax go through the same path."""
     block = 32
     rng = np.random.default_rng(31)
     bias = rng.standard_normal(n).astype(np.float16)
