@@ -15,6 +15,11 @@
 // OLDGEMV=1 adds, at M <= 2, the general GEMV ("gemv0"), and the float16 GEMVs' kernels forced:
 // stream-K ("gemvs", M <= 4) and one CTA per panel ("gemvf", M = 1; for Int8 the general GEMV).
 //
+// NF4 also runs the register-decoding tensor-core kernel forced ("mma", M <= 32; at 3-32 rows it
+// is the planned kernel too, so the line repeats), its panels per group planned or, with
+// MMAGP="2,4,8", each of these (its "bm=" column shows them).
+// MS="1,8,16" and SHAPES="4096x4096,1000x999" (K x N) replace the default M and shapes.
+//
 // Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
 // Each result is checked against cuBLAS on the same dequantized weights (float16 relative
 // error). Times are CUDA-event medians of kernel launches alone: ORT's per-op overhead is not in
@@ -127,6 +132,17 @@ float MedianUs(F&& fn, int iters, cudaStream_t stream) {
   return t[t.size() / 2];
 }
 
+// "1,8,16" -> {1, 8, 16} (nullptr: none)
+std::vector<long long> CsvInts(const char* s) {
+  std::vector<long long> v;
+  for (const char* c = s; c && *c;) {
+    v.push_back(std::atoll(c));
+    while (*c && *c != ',') ++c;
+    if (*c == ',') ++c;
+  }
+  return v;
+}
+
 struct Shape {
   int64_t k, n;
 };
@@ -180,6 +196,11 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     CK(cudaGetLastError());
     const double weight_bytes = double(b_bytes) + (dq ? s_elems + s2_elems * 4.0 : s_elems * 2.0);
     std::vector<std::pair<int, int64_t>> paths = {{1, 0}};  // (force, chunk MiB)
+    if (std::is_same_v<Dec, oco::cuda::Nf4Decoder>) {  // the register-decoding mma kernel (MMAGP="2,4": these groups)
+      const char* gps = std::getenv("MMAGP");
+      if (gps == nullptr) paths.push_back({8, 0});
+      for (const long long gp : CsvInts(gps)) paths.push_back({8, gp});
+    }
     if (std::getenv("OLDGEMV")) {  // the general GEMV, the stream-K and the per-panel float16 GEMV forced
       paths.push_back({5, 0});
       paths.push_back({6, 0});
@@ -204,7 +225,8 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
     for (const auto& [force, chunk_mb] : paths) {
       if (force >= 2 && force <= 4 && m <= 2) continue;
       if (force == 5 && m > 2) continue;
-      if ((force == 6 && m > 4) || (force == 7 && m > 1)) continue;
+      if ((force == 6 && m > 4) || (force == 7 && m > 1) || (force == 8 && m > oco::kMmaMaxRows)) continue;
+      if (force == 8 && chunk_mb == 2 && m > 16) continue;  // (no 2-panel groups above 16 rows)
       CudaCall call;
       call.a = a;
       call.m = m;
@@ -217,6 +239,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       call.blas = oco::CublasApi::Get();
       call.blas_handle = handle;
       call.chunk_bytes = chunk_mb << 20;
+      if (force == 8) call.mma_gp = static_cast<int>(chunk_mb);
       const CudaPlan plan = oco::cuda::Plan<Dec>(call);
       const size_t ws_bytes = oco::WorkspaceBytes(call, plan);
       if (ws_bytes > 0) CK(cudaMalloc(&call.workspace, ws_bytes));
@@ -258,12 +281,12 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
                         CUBLAS_GEMM_DEFAULT));
       };
       const float t_fp16 = MedianUs(cublas, 20, stream);
-      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvs" : force == 7 ? "gemvf" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
+      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvs" : force == 7 ? "gemvf" : plan.mma ? "mma" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
       if (call.workspace) CK(cudaFree(call.workspace));
       if (call.gemv_workspace) CK(cudaFree(call.gemv_workspace));
       std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",
-                  name, (long long)p.K, (long long)p.N, m, kernel, plan.bm, (long long)plan.chunk_panels, t_ours, t_fp16, t_fp16 / t_ours,
+                  name, (long long)p.K, (long long)p.N, m, kernel, plan.mma ? plan.gp : plan.bm, (long long)plan.chunk_panels, t_ours, t_fp16, t_fp16 / t_ours,
                   weight_bytes / t_ours / 1e3, 100.0 * weight_bytes / (t_ours * 1e-6) / copy_bw, rel,
                   (finite && rel < 2e-3) ? "" : "  WRONG");
       std::fflush(stdout);
@@ -303,6 +326,20 @@ int main(int argc, char** argv) {
   std::vector<Shape> shapes = {{4096, 11008}, {11008, 4096}};
   std::vector<int> ms = {1, 2, 4, 16, 64, 256, 1024};
   std::string only = argc > 1 ? argv[1] : "";
+  if (const char* e = std::getenv("MS")) {  // MS="1,8,16": these M only
+    ms.clear();
+    for (const long long m : CsvInts(e)) ms.push_back(static_cast<int>(m));
+  }
+  if (const char* e = std::getenv("SHAPES")) {  // SHAPES="4096x4096,1000x999": these K x N only
+    shapes.clear();
+    for (const char* c = e; *c;) {
+      char* end = nullptr;
+      const long long k = std::strtoll(c, &end, 10);
+      const long long n = std::strtoll(end + 1, &end, 10);
+      shapes.push_back({k, n});
+      c = *end == ',' ? end + 1 : end;
+    }
+  }
   if (argc > 4) {
     shapes = {{std::atoll(argv[2]), std::atoll(argv[3])}};
     ms = {std::atoi(argv[4])};

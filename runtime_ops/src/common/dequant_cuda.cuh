@@ -8,11 +8,15 @@
 //   one panel (32 output channels) x up to MR rows of A, 16 warps taking chunks of K in turn;
 //   each lane decodes whole k-rows, scales and accumulates; lanes and warps are reduced at the
 //   end. Weight bytes are read once.
-// * Nf4GemvSkKernel / Nf4GemvHalfKernel: NF4 with float16 A and M <= 4: a byte of codes is one
-//   half2 lookup and one HFMA2 per row of A; a stream-K schedule over all SMs, or at M = 1 with
-//   few panels one CTA per panel (see there).
-// * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (5 for
-//   NF4 float16) to kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
+// * Nf4GemvSkKernel / Nf4GemvHalfKernel: NF4 with float16 A and M <= 2 (<= 4 where K % 8 != 0):
+//   a byte of codes is one half2 lookup and one HFMA2 per row of A; a stream-K schedule over all
+//   SMs, or at M = 1 with few panels one CTA per panel (see there).
+// * Nf4MmaKernel: NF4 with float16 A, M from kMmaMinRows to kMmaMaxRows (K % 8 == 0): tensor
+//   cores fed from registers, the codes looked up and scaled straight into mma.sync's operands
+//   (no shared fp16 tile), stream-K over groups of panels (see there).
+// * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (for NF4
+//   float16 only above kMmaMaxRows or with K % 8 != 0, where it takes 5 on) to
+//   kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
 //   warps (WK groups, reduced in shared memory at the end) are chosen from M so that the grid
 //   fills the GPU without split-K across CTAs. A cp.async pipeline brings A and the packed
 //   weights; each stage's weights are decoded once by the whole CTA (code -> value x scale in
@@ -618,14 +622,27 @@ template <class Dec>
 CudaPlan Plan(const CudaCall& call) {
   const DequantParams& p = call.p;
   CudaPlan plan;
-  // NF4 with float16 A and M <= 4: the float16 GEMV, which reads the weights once for all rows
-  // (the tensor-core kernel was 0.65x of fp16 MatMul at M = 4 on an H100). At M = 1 with at most
+  // NF4 with float16 A and M <= 4 (M <= 2 where the register-decoding kernel below takes 3-4):
+  // the float16 GEMV, which reads the weights once for all rows (the tensor-core kernel was 0.65x
+  // of fp16 MatMul at M = 4 on an H100; the register-decoding one 22.5 us against the GEMV's
+  // 22.8 / 26.5 / 35.7 us at M = 2 / 3 / 4, 4096x11008, so it takes M from 3). At M = 1 with at most
   // one panel per SM the full-row kernel, one CTA per panel (H100, kernel times, full-row /
   // stream-K: 8.0 / 12.4 us at 4096x4096, 18.9 / 18.6 us at 11008x4096; more panels: 23.1 / 19.5
   // us at 4096x11008, 84.7 / 59.9 us at 8192x28672); else the stream-K kernel. Benchmarks: force 5
   // keeps the general kernels, 6 / 7 force the stream-K / full-row kernel, 2-4 the dequantize +
   // cuBLAS path.
   if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
+    // From kMmaMinRows to kMmaMaxRows rows (K % 8 == 0, A 16-byte aligned): the register-decoding
+    // tensor-core kernel (force 8 at any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
+    const bool mma_ok = call.type == DType::kHalf && call.m >= 1 && call.m <= kMmaMaxRows && p.K % 8 == 0 &&
+                        reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
+    if (mma_ok && (call.force == 8 || (call.force <= 1 && call.m >= kMmaMinRows))) {
+      plan.mma = true;
+      plan.stream_k = true;
+      plan.nt = call.m <= 8 ? 1 : call.m <= 16 ? 2 : 4;
+      plan.gp = call.mma_gp != 0 ? call.mma_gp : MmaGroupPanels(call, plan.nt);
+      return plan;
+    }
     const bool fits = kHalfGemvTableBytes + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
     const bool full_row = call.m == 1 && fits && (call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));
     if (call.type == DType::kHalf && call.m >= 1 && call.m <= kSkMaxRows &&
@@ -1301,6 +1318,342 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, bool stream_k, int
   return cudaGetLastError();
 }
 
+// ---- NF4 with float16 A on tensor cores, decoded in registers (M <= kMmaMaxRows) --------------
+// The tensor-core kernel above decodes each stage into a shared fp16 tile (about 6 instructions
+// per weight, then ldmatrix); here the weights go from the packed bytes straight into mma.sync
+// operands. The weights are the A operand (m16n8k16: 16 channels x 16 k-rows) and A's rows the B
+// operand (8 rows per tile). Lane (g = lane >> 2, c = lane & 3) takes bytes 2g, 2g+1 of k-rows
+// 4c..4c+3 of each 16-row step: byte 2g is channels 2g / 2g+16, byte 2g+1 channels 2g+1 / 2g+17
+// (panel layout). A byte is one lookup of a half2 pair in the per-lane table (as the GEMV), one
+// HMUL2 by the pair's scales (fp16 value x scale, rounded: the dequantized fp16 weight, as the
+// dequantize + cuBLAS path makes it but for the codebook's own fp16 rounding), and half a PRMT
+// that pairs two k-rows of one channel: the mma tile X holds channels 2g (row g) and 2g+1 (row
+// g+8), tile Y channels 16+2g and 17+2g, and mma k-index 2c, 2c+1, 2c+8, 2c+9 is k-row 4c..4c+3
+// (the same order for A's rows, so a lane reads its 4 values of A as one 8-byte word).
+// A CTA (kMmaWarps = 16 warps, one CTA per SM) owns groups of GP panels: warp w takes panel
+// w % GP of the group and the w / GP-th slice of kMmaSliceRows k-rows of each unit (units of
+// 16 / GP slices x GP panels, group-major, stream-K ranges), through a kStages-deep cp.async
+// pipeline of weights, A's rows and the scales. A warp keeps its sums in registers until the
+// group ends; then the slices of a panel are summed through shared memory in slice order (the
+// first slice's warp adds the others'), and groups shared with other CTAs are summed as in the
+// GEMV (fp32 partials in CudaCall::workspace, a counter per group, the last CTA sums in CTA
+// order). Few panels per group give every SM work on narrow layers and few CTAs per group (short
+// fix-ups); more panels per group read fewer of A's rows per weight (kernel_bench, force 8).
+constexpr int kMmaSliceRows = 64;
+constexpr int kMaxSmemPerCta = 227 * 1024;  // sm_80 / sm_90 opt-in limit
+// The per-lane pair table (FillPairTable's entries) with rows of 256 bytes, 128 used: the byte at
+// offset (byte << 8) + 4 lane, one PRMT from the packed byte and the lane (MmaTableOffset).
+constexpr int kMmaTableBytes = 256 * 256;
+constexpr int kMmaSliceBytes = kMmaSliceRows * 16 + kMmaSliceRows / 8 * 16;  // 16 more bytes per 8 rows: no bank conflicts
+
+template <typename S, int NT, int GP>
+struct MmaLayout {
+  static constexpr int kSlices = kMmaWarps / GP;
+  static constexpr int kRows = kSlices * kMmaSliceRows;  // k-rows per unit
+  static constexpr int kPieces = kRows / 32;              // 32-row pieces: one scale row each (block_size >= 32)
+  static constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S));  // a scale row as stored
+  static constexpr int kW = GP * kSlices * kMmaSliceBytes;
+  static constexpr int kARow = 2 * kRows + 32;  // bytes per row of A (+32: conflict-free 8-byte reads)
+  static constexpr int kA = 8 * NT * kARow;
+  static constexpr int kS = GP * kPieces * kRowBytes;                                  // [panel][piece][row]
+  static constexpr int kS2 = std::is_same_v<S, int8_t> ? GP * kPieces * 4 : 0;        // scale2 [panel][piece]
+  static constexpr int kStage = (kW + kA + kS + kS2 + 15) / 16 * 16;
+  static constexpr int kRed = (kSlices - 1) * GP * 8 * NT * 32 * 4;  // sums of slices 1.. [slice-1][panel][value][lane]
+  static constexpr int kStages = kMmaTableBytes + 4 * kStage + kRed <= kMaxSmemPerCta ? 4 : 3;
+  static constexpr size_t kSmem = kMmaTableBytes + static_cast<size_t>(kStages) * kStage + kRed;
+  static constexpr bool kFits = kSmem <= kMaxSmemPerCta;  // (not for 32 rows of A with few panels per group)
+};
+
+// The lane's scale pairs of one 32-row piece (row: the panel's scales as stored): p0 = (s[2g],
+// s[2g+16]) and p1 = (s[2g+1], s[2g+17]) as half2, the channels of bytes 2g and 2g+1.
+template <typename S>
+__device__ __forceinline__ void MmaScalePairs(const unsigned char* row, const unsigned char* s2, float offset, int g,
+                                              uint32_t& p0, uint32_t& p1) {
+  if constexpr (std::is_same_v<S, __half>) {
+    const uint32_t lo = *reinterpret_cast<const uint32_t*>(row + 4 * g);
+    const uint32_t hi = *reinterpret_cast<const uint32_t*>(row + 32 + 4 * g);
+    p0 = __byte_perm(lo, hi, 0x5410u);
+    p1 = __byte_perm(lo, hi, 0x7632u);
+  } else if constexpr (std::is_same_v<S, float>) {
+    const float2 lo = *reinterpret_cast<const float2*>(row + 8 * g);
+    const float2 hi = *reinterpret_cast<const float2*>(row + 64 + 8 * g);
+    p0 = Pack2(lo.x, hi.x, static_cast<__half*>(nullptr));
+    p1 = Pack2(lo.y, hi.y, static_cast<__half*>(nullptr));
+  } else {
+    const float scale2 = *reinterpret_cast<const float*>(s2);
+    const int8_t* c = reinterpret_cast<const int8_t*>(row);
+    p0 = Pack2(DqScale(c[2 * g], scale2, offset), DqScale(c[16 + 2 * g], scale2, offset), static_cast<__half*>(nullptr));
+    p1 = Pack2(DqScale(c[2 * g + 1], scale2, offset), DqScale(c[17 + 2 * g], scale2, offset),
+               static_cast<__half*>(nullptr));
+  }
+}
+
+// Offset in the table of byte `which` (0 / 1) of w for the lane whose 4 * lane is lane4.
+template <int which>
+__device__ __forceinline__ uint32_t MmaTableOffset(uint32_t w, uint32_t lane4) {
+  return __byte_perm(w, lane4, which == 0 ? 0x5504u : 0x5514u);  // bytes: 4 lane, w's byte, 0, 0
+}
+
+__device__ __forceinline__ uint32_t Hmul2(uint32_t x, uint32_t y) {
+  const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&x), *reinterpret_cast<const __half2*>(&y));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+template <typename S, int NT, int GP>
+__global__ void __launch_bounds__(kMmaWarps * 32, 1)
+    Nf4MmaKernel(KernelArgs<__half, S> g, StreamK sk, float* partials, unsigned* counters) {
+  using L = MmaLayout<S, NT, GP>;
+  extern __shared__ __align__(16) unsigned char mma_smem[];
+  unsigned char* stages = mma_smem + kMmaTableBytes;
+  float* red = reinterpret_cast<float*>(stages + L::kStages * L::kStage);
+  __shared__ int last_flag;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, lg = lane >> 2, lc = lane & 3;
+  const int pw = warp % GP, slice = warp / GP;
+  const SkRange range(sk, blockIdx.x);
+  const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K), m = static_cast<int>(g.m);
+  const int panels = static_cast<int>(g.p.panels), shift = g.p.group_shift;
+  const int last_block = static_cast<int>(g.p.blocks) - 1;
+  float dq_offset = 0.0f;
+  if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
+
+  // The next unit to load (group, first k-row), advanced by issue(): units come in order.
+  int ld_grp = range.u_begin / sk.upp, ld_k0 = (range.u_begin - ld_grp * sk.upp) * L::kRows;
+  constexpr int kWChunks = GP * L::kRows / (kMmaWarps * 32);  // 16-byte pieces of weights per thread
+  static_assert(kWChunks * kMmaWarps * 32 == GP * L::kRows, "weights per stage");
+  constexpr int kSChunks = L::kRowBytes / 16;                  // 16-byte pieces per scale row
+  // The next unit's weights, rows of A and scales into stage `slot` (every thread; one cp.async group).
+  auto issue = [&](int slot) {
+    const int p0 = ld_grp * GP, k0 = ld_k0;
+    unsigned char* st = stages + slot * L::kStage;
+#pragma unroll
+    for (int i = 0; i < kWChunks; ++i) {
+      const int t = threadIdx.x + i * kMmaWarps * 32;
+      const int tp = t / L::kRows, row = t % L::kRows, panel = p0 + tp, k = k0 + row;
+      const bool valid = panel < panels && k < k_pad;  // else zeros: code 0, times A's zeros past K
+      const uint8_t* src = valid ? g.b + (static_cast<int64_t>(panel) * k_pad + k) * 16 : g.b;
+      CpAsync16(st + tp * L::kSlices * kMmaSliceBytes + row * 16 + row / 8 * 16, src, valid);
+    }
+    for (int t = threadIdx.x; t < m * (L::kRows / 8); t += kMmaWarps * 32) {  // K % 8 == 0 (Plan)
+      const int mi = t / (L::kRows / 8), j = t % (L::kRows / 8), k = k0 + 8 * j;
+      const bool valid = k < K;
+      CpAsync16(st + L::kW + mi * L::kARow + 16 * j, valid ? g.a + static_cast<int64_t>(mi) * K + k : g.a, valid);
+    }
+    for (int t = threadIdx.x; t < GP * L::kPieces * kSChunks; t += kMmaWarps * 32) {
+      const int tp = t / (L::kPieces * kSChunks), piece = (t / kSChunks) % L::kPieces, c = t % kSChunks;
+      const int panel = min(p0 + tp, panels - 1);
+      const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * piece) >> shift, last_block);
+      CpAsync16(st + L::kW + L::kA + (tp * L::kPieces + piece) * L::kRowBytes + 16 * c,
+                reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 16 * c, true);
+    }
+    if constexpr (std::is_same_v<S, int8_t>) {
+      for (int t = threadIdx.x; t < GP * L::kPieces; t += kMmaWarps * 32) {
+        const int panel = min(p0 + t / L::kPieces, panels - 1);
+        const int64_t r =
+            static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * (t % L::kPieces)) >> shift, last_block);
+        CpAsync4(st + L::kW + L::kA + L::kS + 4 * t, g.scale2 + (r >> kDqRowShift));
+      }
+    }
+    ld_k0 += L::kRows;
+    if (ld_k0 >= sk.upp * L::kRows) {
+      ld_k0 = 0;
+      ++ld_grp;
+    }
+  };
+
+  float acc[NT][8];  // [0..3]: tile X (channels 2g, 2g+1), [4..7]: tile Y (16+2g, 17+2g) of A's rows 8nt..8nt+7
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[nt][e] = 0.0f;
+  const uint32_t tab_base = static_cast<uint32_t>(__cvta_generic_to_shared(mma_smem)), lane4 = 4 * lane;
+
+  auto compute = [&](int slot) {
+    const unsigned char* st = stages + slot * L::kStage;
+    // k-row r of the slice is at 16 r + 16 (r / 8): row 16s + 4c + rr at 288 s + 16 rr + 64 c + 16 (c / 2)
+    const unsigned char* wp =
+        st + (pw * L::kSlices + slice) * kMmaSliceBytes + 64 * lc + 16 * (lc >> 1) + 2 * lg;
+    const unsigned char* ap = st + L::kW + lg * L::kARow + slice * 2 * kMmaSliceRows + 8 * lc;
+    const unsigned char* sp = st + L::kW + L::kA + (pw * L::kPieces + slice * 2) * L::kRowBytes;
+    const unsigned char* s2p = st + L::kW + L::kA + L::kS + (pw * L::kPieces + slice * 2) * 4;
+    uint32_t sp0 = 0, sp1 = 0;
+#pragma unroll
+    for (int s = 0; s < kMmaSliceRows / 16; ++s) {
+      if (s % 2 == 0) MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, lg, sp0, sp1);
+      uint32_t l0[4], l1[4];  // byte 2g / 2g+1 of k-row 16s + 4c + rr, looked up and scaled
+#pragma unroll
+      for (int rr = 0; rr < 4; ++rr) {
+        const uint32_t w = *reinterpret_cast<const unsigned short*>(wp + 288 * s + 16 * rr);
+        uint32_t v0, v1;
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v0) : "r"(tab_base + MmaTableOffset<0>(w, lane4)));
+        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v1) : "r"(tab_base + MmaTableOffset<1>(w, lane4)));
+        l0[rr] = Hmul2(v0, sp0);
+        l1[rr] = Hmul2(v1, sp1);
+      }
+      const uint32_t ax[4] = {__byte_perm(l0[0], l0[1], 0x5410u), __byte_perm(l1[0], l1[1], 0x5410u),
+                              __byte_perm(l0[2], l0[3], 0x5410u), __byte_perm(l1[2], l1[3], 0x5410u)};
+      const uint32_t ay[4] = {__byte_perm(l0[0], l0[1], 0x7632u), __byte_perm(l1[0], l1[1], 0x7632u),
+                              __byte_perm(l0[2], l0[3], 0x7632u), __byte_perm(l1[2], l1[3], 0x7632u)};
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint2 b = *reinterpret_cast<const uint2*>(ap + nt * 8 * L::kARow + 32 * s);
+        Mma(acc[nt], ax, b.x, b.y, static_cast<__half*>(nullptr));
+        Mma(acc[nt] + 4, ay, b.x, b.y, static_cast<__half*>(nullptr));
+      }
+    }
+  };
+
+  // The end of group grp's part of the range (every thread): the slices summed, then Y, or the
+  // CTA's part and the fix-up.
+  auto group_end = [&](int grp) {
+    if constexpr (L::kSlices > 1) {
+      if (slice > 0) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) red[(((slice - 1) * GP + pw) * 8 * NT + nt * 8 + e) * 32 + lane] = acc[nt][e];
+      }
+      __syncthreads();
+      if (slice == 0) {
+        for (int sl = 1; sl < L::kSlices; ++sl)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[nt][e] += red[(((sl - 1) * GP + pw) * 8 * NT + nt * 8 + e) * 32 + lane];
+      }
+    }
+    constexpr int kGroupCh = GP * kPanel;
+    const int panel = grp * GP + pw;
+    if (range.Whole(sk, grp)) {
+      if (slice == 0 && panel < panels) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int mi = 8 * nt + 2 * lc + (e & 1);
+            const int64_t n = static_cast<int64_t>(panel) * kPanel + 2 * lg + ((e >> 1) & 1) + (e >= 4 ? 16 : 0);
+            if (mi < m && n < g.p.N)
+              g.y[mi * g.p.N + n] = __float2half_rn(acc[nt][e] + (g.bias ? __half2float(g.bias[n]) : 0.0f));
+          }
+      }
+    } else {
+      float* mine = partials + (static_cast<int64_t>(blockIdx.x) * 2 + (grp == range.p_first ? 0 : 1)) * m * kGroupCh;
+      if (slice == 0) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int mi = 8 * nt + 2 * lc + (e & 1);
+            const int ch = pw * kPanel + 2 * lg + ((e >> 1) & 1) + (e >= 4 ? 16 : 0);
+            if (mi < m) mine[mi * kGroupCh + ch] = acc[nt][e];
+          }
+      }
+      __threadfence();
+      __syncthreads();
+      const int c_first = sk.CtaOf(grp * sk.upp), c_last = sk.CtaOf((grp + 1) * sk.upp - 1);
+      if (threadIdx.x == 0) last_flag = atomicAdd(counters + grp, 1u) == static_cast<unsigned>(c_last - c_first);
+      __syncthreads();
+      if (last_flag) {
+        __threadfence();
+        for (int e = threadIdx.x; e < m * kGroupCh; e += blockDim.x) {
+          const int64_t n = static_cast<int64_t>(grp) * kGroupCh + e % kGroupCh;
+          float t = 0.0f;
+#pragma unroll 4
+          for (int c = c_first; c <= c_last; ++c) {  // a CTA's part is its slot 1 unless grp starts its range
+            const int part = (c == c_first && sk.Start(c) < grp * sk.upp) ? 1 : 0;
+            t += __ldcg(partials + (static_cast<int64_t>(c) * 2 + part) * m * kGroupCh + e);
+          }
+          if (n < g.p.N) g.y[(e / kGroupCh) * g.p.N + n] = __float2half_rn(t + (g.bias ? __half2float(g.bias[n]) : 0.0f));
+        }
+        if (threadIdx.x == 0) counters[grp] = 0;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[nt][e] = 0.0f;
+  };
+
+  const int u0 = range.u_begin, u1 = range.u_end;
+#pragma unroll
+  for (int s = 0; s < L::kStages - 1; ++s) {
+    if (u0 + s < u1) issue(s);
+    CpAsyncCommit();
+  }
+  // The pair table (the first stages are in flight; visible after the loop's first barrier).
+  for (int t = threadIdx.x; t < 256 * 32; t += kMmaWarps * 32) {
+    const int byte = t / 32;
+    *reinterpret_cast<__half2*>(mma_smem + byte * 256 + 4 * (t % 32)) =
+        __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
+  }
+  int slot = 0, grp = u0 / sk.upp, left = (grp + 1) * sk.upp - u0;  // units of grp left
+  for (int u = u0; u < u1; ++u) {
+    CpAsyncWait<L::kStages - 2>();
+    __syncthreads();  // unit u has landed for every thread, and every warp is done with unit u - 1's stage
+    if (u + L::kStages - 1 < u1) issue(slot == 0 ? L::kStages - 1 : slot - 1);
+    CpAsyncCommit();
+    compute(slot);
+    slot = slot + 1 == L::kStages ? 0 : slot + 1;
+    if (--left == 0 || u + 1 == u1) {
+      group_end(grp);
+      ++grp;
+      left = sk.upp;
+    }
+  }
+}
+
+template <typename S, int NT, int GP>
+cudaError_t LaunchNf4MmaKernel(const KernelArgs<__half, S>& g, void* workspace, void* gemv_workspace, int sm_count,
+                               cudaStream_t stream) {
+  using L = MmaLayout<S, NT, GP>;
+  if constexpr (!L::kFits) {
+    return cudaErrorInvalidValue;  // never planned
+  } else {
+    static const cudaError_t attr = AllowSmem(Nf4MmaKernel<S, NT, GP>, L::kSmem);
+    if (attr != cudaSuccess) return attr;
+    const int64_t groups = (g.p.panels + GP - 1) / GP;
+    const int64_t upp = (g.p.k_pad + L::kRows - 1) / L::kRows, total = groups * upp;
+    if (workspace == nullptr || gemv_workspace == nullptr || total >= (int64_t{1} << 30) || g.m > 8 * NT ||
+        g.p.K % 8 != 0)
+      return cudaErrorInvalidValue;  // never planned
+    StreamK sk{};
+    sk.upp = static_cast<int>(upp);
+    sk.total = static_cast<int>(total);
+    sk.ctas = static_cast<int>(std::min<int64_t>(total, sm_count));  // one CTA per SM (WorkspaceBytes)
+    unsigned* counters = reinterpret_cast<unsigned*>(static_cast<float*>(gemv_workspace) + SkPartialFloats(sm_count));
+    Nf4MmaKernel<S, NT, GP><<<static_cast<unsigned>(sk.ctas), kMmaWarps * 32, L::kSmem, stream>>>(
+        g, sk, static_cast<float*>(workspace), counters);
+    return cudaGetLastError();
+  }
+}
+
+// The groups MmaGroupPanels plans fit in shared memory.
+static_assert(MmaLayout<__half, 2, 2>::kFits && MmaLayout<float, 2, 2>::kFits && MmaLayout<int8_t, 2, 2>::kFits &&
+                  MmaLayout<__half, 4, 4>::kFits && MmaLayout<int8_t, 4, 4>::kFits && MmaLayout<float, 4, 8>::kFits,
+              "MmaGroupPanels");
+
+template <typename S, int NT>
+cudaError_t LaunchNf4MmaNt(const KernelArgs<__half, S>& g, int gp, void* workspace, void* gemv_workspace,
+                           int sm_count, cudaStream_t stream) {
+  switch (gp) {
+    case 2: return LaunchNf4MmaKernel<S, NT, 2>(g, workspace, gemv_workspace, sm_count, stream);
+    case 4: return LaunchNf4MmaKernel<S, NT, 4>(g, workspace, gemv_workspace, sm_count, stream);
+    case 8: return LaunchNf4MmaKernel<S, NT, 8>(g, workspace, gemv_workspace, sm_count, stream);
+    case 16: return LaunchNf4MmaKernel<S, NT, 16>(g, workspace, gemv_workspace, sm_count, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename S>
+cudaError_t LaunchNf4Mma(const KernelArgs<__half, S>& g, const CudaPlan& plan, void* workspace, void* gemv_workspace,
+                         int sm_count, cudaStream_t stream) {
+  switch (plan.nt) {
+    case 1: return LaunchNf4MmaNt<S, 1>(g, plan.gp, workspace, gemv_workspace, sm_count, stream);
+    case 2: return LaunchNf4MmaNt<S, 2>(g, plan.gp, workspace, gemv_workspace, sm_count, stream);
+    case 4: return LaunchNf4MmaNt<S, 4>(g, plan.gp, workspace, gemv_workspace, sm_count, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 // ---- large M: dequantize chunks of B, then cuBLAS ----------------------------------------------
 // Our tensor-core kernel loses to this from M = 64 on (docs/benchmarks.md); there the weights
 // of chunk_panels panels are dequantized into the workspace (row-major [K][chunk_panels * 32],
@@ -1492,6 +1845,7 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
     if (plan.half_gemv) return LaunchInt8GemvHalf<S>(g, call.sm_count, call.gemv_workspace, call.stream);
   }
   if constexpr (std::is_same_v<Dec, Nf4Decoder> && std::is_same_v<T, __half>) {
+    if (plan.mma) return LaunchNf4Mma<S>(g, plan, call.workspace, call.gemv_workspace, call.sm_count, call.stream);
     if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, plan.stream_k, call.sm_count, call.gemv_workspace, call.stream);  // 5: benchmarks, the general GEMV
   }
   return plan.mr == 1 ? LaunchGemv<Dec, T, S, 1>(g, call.stream) : LaunchGemv<Dec, T, S, 2>(g, call.stream);

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -40,7 +41,9 @@ struct CudaCall {
   void* gemv_workspace = nullptr;
   int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
-                  // 5 = the general GEMV (M <= 2), 6 / 7 = the float16 GEMVs' stream-K / per-panel kernel
+                  // 5 = the general GEMV (M <= 2), 6 / 7 = the float16 GEMVs' stream-K / per-panel kernel,
+                  // 8 = NF4's register-decoding tensor-core kernel (M <= kMmaMaxRows)
+  int mma_gp = 0;  // benchmarks: that kernel's panels per CTA group (0: planned)
 };
 
 // How a call is run: which kernel and tile.
@@ -51,6 +54,10 @@ struct CudaPlan {
   bool dequant_gemm = false;  // dequantize chunk_panels panels at a time, then cuBLAS
   bool half_gemv = false;     // float16 A, M <= 4: the float16 GEMVs (NF4: two kernels; Int8: stream-K)
   bool stream_k = false;      // ... in the stream-K form (needs CudaCall::gemv_workspace)
+  bool mma = false;           // NF4, float16 A: the tensor-core kernel decoding in registers (stream-K
+                              // too: counters in gemv_workspace, partial sums in workspace)
+  int nt = 0;                 // ... its tiles of 8 rows of A (M <= 8 * nt)
+  int gp = 0;                 // ... its panels per CTA group (2, 4, 8 or 16; MmaGroupPanels)
   int64_t chunk_panels = 0;
 };
 
@@ -60,8 +67,27 @@ inline constexpr int64_t kDequantGemmMinRows = 64;
 
 inline size_t ElementBytes(DType t) { return t == DType::kFloat ? 4 : 2; }
 
-// Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes).
+// NF4's register-decoding tensor-core kernel: a CTA of kMmaWarps warps (one per SM) takes groups
+// of CudaPlan::gp panels; its fp32 partial sums of the first and last group of its range go to
+// CudaCall::workspace.
+inline constexpr int kMmaWarps = 16;
+inline constexpr int kMmaMinRows = 3;
+inline constexpr int kMmaMaxRows = 32;
+// Its panels per group: 2, or 4 / 8 once the layer has that many panels per SM (narrow groups:
+// few CTAs share one, short fix-ups; wide ones read A's rows fewer times per weight); 4 tiles of
+// A's rows take at least 4 panels (8 with float32 scales) to fit in shared memory.
+// H100, M = 16, kernel_bench: 2 / 4 / 8 panels 16.0 / 19.3 / 31.6 us at 4096x4096, 26.1 / 28.2 /
+// 38.7 us at 11008x4096, 77.5 / 78.7 / 85.0 (8 / 4 / 2) us at 8192x28672.
+inline int MmaGroupPanels(const CudaCall& call, int nt) {
+  const int64_t sms = call.sm_count;
+  int gp = call.p.panels >= 8 * sms ? 8 : call.p.panels >= 4 * sms ? 4 : 2;
+  if (nt == 4) gp = std::max(gp, call.scale_type == DType::kFloat ? 8 : 4);
+  return gp;
+}
+
+// Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes or is `mma`).
 inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
+  if (plan.mma) return static_cast<size_t>(call.sm_count) * 2 * call.m * plan.gp * 32 * 4;
   return plan.dequant_gemm ? static_cast<size_t>(plan.chunk_panels) * 32 * call.p.K * ElementBytes(call.type) : 0;
 }
 

@@ -118,6 +118,15 @@ class DequantMatMulCudaKernel {
     call.chunk_bytes = chunk_bytes_;
     CudaPlan plan = Format::Plan(call);
     if (plan.stream_k) call.gemv_workspace = GemvWorkspace(call.stream, GemvWorkspaceBytes(call, plan));
+    if (plan.mma) {  // partial sums of the groups CTAs share: stream-ordered, from the pool
+      CheckCuda(cudaMallocFromPoolAsync(&call.workspace, WorkspaceBytes(call, plan), ChunkPool(device), call.stream),
+                "cudaMallocFromPoolAsync (partial sums)");
+      const cudaError_t err = Format::Launch(call, plan);
+      const cudaError_t freed = cudaFreeAsync(call.workspace, call.stream);
+      CheckCuda(err, Format::kOp);
+      CheckCuda(freed, "cudaFreeAsync (partial sums)");
+      return;
+    }
     if (!plan.dequant_gemm) {
       CheckCuda(Format::Launch(call, plan), Format::kOp);
       return;

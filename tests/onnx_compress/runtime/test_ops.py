@@ -193,6 +193,7 @@ def test_matches_reference(device: str, op: str, k: int, n: int, block: int, dty
         bias = rng.standard_normal(n).astype(np_dtype) if with_bias else None
         sess = session(make_model(op, k, n, block, dtype, b, s, bias), device)
         # 1-4 rows: the GEMVs (CUDA float16 NF4: one per row count), 17: the tensor-core kernel
+        # (CUDA float16 NF4 with K a multiple of 8: 3, 4 and 17 the register-decoding one)
         for m in (1, 2, 3, 4, 17):
             a = rng.standard_normal((m, k)).astype(np_dtype)
             ref = a.astype(np.float64) @ w + (bias.astype(np.float64) if bias is not None else 0)
@@ -292,6 +293,37 @@ def test_nf4_float16_gemv_stream_k_on_cuda(dq: bool, k: int, n: int) -> None:
             y = run_poisoned(sess, a, n, "cuda")
             assert np.isfinite(y).all()
             assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+@pytest.mark.parametrize("scales", ["float16", "float32", "dq"])
+@pytest.mark.parametrize(("k", "n", "block"), [(4104, 4321, 32), (640, 17000, 64), (1032, 34000, 128)])
+def test_nf4_float16_register_decoding_mma_on_cuda(scales: str, k: int, n: int, block: int) -> None:
+    """3-32 float16 rows, K a multiple of 8, take the NF4 tensor-core kernel that decodes in
+    registers (runtime_ops/src/common/dequant_cuda.cuh, Nf4MmaKernel): tiles of 8 rows of A (3-8:
+    one, 9-16: two, 17-32: four, so 5, 9 and 31 leave rows of a tile unused), groups of 2 / 4 / 8
+    panels by the layer's panels per SM (136, 532 and 1063 panels here: 2 for all on SMs up to
+    an H100's 132 but for 4 at 532 panels (more than 4 per SM) and 8 at 1063 (8 per SM), and
+    at least 4, with float32 scales 8, for 17-32 rows). Every layer has more units than CTAs and
+    fewer groups than units, so CTAs share groups: the partial sums, the counters (run twice)
+    and the last CTA's sum are checked; K = 4104 leaves a short last unit (k_pad 4128), N a
+    partial last panel and group. Tolerance: the kernel's fp16 weights (code x scale rounded to
+    float16, as the dequantize + cuBLAS path) and fp16 output, as every float16 case."""
+    rng = np.random.default_rng(41)
+    bias = rng.standard_normal(n).astype(np.float16)
+    if scales == "dq":
+        b, codes, scale2, off, w = make_dq_weights(k, n, block, 42)
+        model = make_model("NF4MatMul", k, n, block, "float16", b, codes, bias, dq=(scale2, off))
+    else:
+        b, s, w = make_weights("NF4MatMul", k, n, block, np.dtype(scales).type, 42)
+        model = make_model("NF4MatMul", k, n, block, "float16", b, s, bias)
+    sess = session(model, "cuda")
+    for m in (3, 5, 8, 9, 16, 17, 31, 32, 3):  # fresh inputs, the output poisoned each time
+        a = rng.standard_normal((m, k)).astype(np.float16)
+        y = run_poisoned(sess, a, n, "cuda")
+        assert np.isfinite(y).all(), m
+        assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
 
 
 @pytest.mark.cuda
