@@ -722,12 +722,15 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 // adds them to its fp32 accumulators once per 4 rows, scaled. About 2.5 instructions per weight.
 // The fp16 partial sums hold 4 products of |code| <= 1 and A; their rounding (2^-11 relative)
 // stays below the float16 output's own.
-// The per-lane pair table: entry [byte][copy] = (lut[byte & 15], lut[byte >> 4]) as half2. A
-// warp fills one byte's 32 copies (a uniform constant-memory read).
-__device__ __forceinline__ void FillPairTable(__half2* tab) {
+// The per-lane pair table: entry [byte][copy] = (lut[byte & 15], lut[byte >> 4]) as half2, a
+// byte's 32 copies in a row of kRowBytes (128: packed). A warp fills one byte's copies (a
+// uniform constant-memory read).
+template <int kRowBytes = 128>
+__device__ __forceinline__ void FillPairTable(void* tab) {
   for (int t = threadIdx.x; t < 256 * 32; t += blockDim.x) {
     const int byte = t / 32;
-    tab[t] = __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
+    *reinterpret_cast<__half2*>(static_cast<unsigned char*>(tab) + byte * kRowBytes + 4 * (t % 32)) =
+        __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
   }
 }
 
@@ -1579,12 +1582,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
     if (u0 + s < u1) issue(s);
     CpAsyncCommit();
   }
-  // The pair table (the first stages are in flight; visible after the loop's first barrier).
-  for (int t = threadIdx.x; t < 256 * 32; t += kMmaWarps * 32) {
-    const int byte = t / 32;
-    *reinterpret_cast<__half2*>(mma_smem + byte * 256 + 4 * (t % 32)) =
-        __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
-  }
+  FillPairTable<kMmaTableBytes / 256>(mma_smem);  // (the first stages are in flight; visible after the loop's first barrier)
   int slot = 0, grp = u0 / sk.upp, left = (grp + 1) * sk.upp - u0;  // units of grp left
   for (int u = u0; u < u1; ++u) {
     CpAsyncWait<L::kStages - 2>();

@@ -174,7 +174,8 @@ CASES = [
     ("Int8MatMul", 100, 33, 0),  # per channel
     ("Int8MatMul", 77, 19, 32),
     ("Int8MatMul", 300, 65, 128),
-    # K a multiple of 8: float16/bfloat16 with M > 4 take the tensor-core kernel on CUDA
+    # K a multiple of 8: float16/bfloat16 with M > 4 take the tensor-core kernel on CUDA (float16
+    # NF4 from M = 3 the register-decoding one)
     ("NF4MatMul", 320, 100, 64),
     ("Int8MatMul", 256, 65, 64),
     ("Int8MatMul", 200, 70, 0),  # per channel, K not a multiple of the 32-row k tiles
