@@ -1636,7 +1636,6 @@ cudaError_t LaunchNf4MmaNt(const KernelArgs<__half, S>& g, int gp, void* workspa
     case 2: return LaunchNf4MmaKernel<S, NT, 2>(g, workspace, gemv_workspace, sm_count, stream);
     case 4: return LaunchNf4MmaKernel<S, NT, 4>(g, workspace, gemv_workspace, sm_count, stream);
     case 8: return LaunchNf4MmaKernel<S, NT, 8>(g, workspace, gemv_workspace, sm_count, stream);
-    case 16: return LaunchNf4MmaKernel<S, NT, 16>(g, workspace, gemv_workspace, sm_count, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -57,7 +57,7 @@ struct CudaPlan {
   bool mma = false;           // NF4, float16 A: the tensor-core kernel decoding in registers (stream-K
                               // too: counters in gemv_workspace, partial sums in workspace)
   int nt = 0;                 // ... its tiles of 8 rows of A (M <= 8 * nt)
-  int gp = 0;                 // ... its panels per CTA group (2, 4, 8 or 16; MmaGroupPanels)
+  int gp = 0;                 // ... its panels per CTA group (2, 4 or 8; MmaGroupPanels)
   int64_t chunk_panels = 0;
 };
 

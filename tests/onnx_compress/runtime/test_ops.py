@@ -304,9 +304,8 @@ def test_nf4_float16_register_decoding_mma_on_cuda(scales: str, k: int, n: int, 
     """3-32 float16 rows, K a multiple of 8, take the NF4 tensor-core kernel that decodes in
     registers (runtime_ops/src/common/dequant_cuda.cuh, Nf4MmaKernel): tiles of 8 rows of A (3-8:
     one, 9-16: two, 17-32: four, so 5, 9 and 31 leave rows of a tile unused), groups of 2 / 4 / 8
-    panels by the layer's panels per SM (136, 532 and 1063 panels here: 2 for all on SMs up to
-    an H100's 132 but for 4 at 532 panels (more than 4 per SM) and 8 at 1063 (8 per SM), and
-    at least 4, with float32 scales 8, for 17-32 rows). Every layer has more units than CTAs and
+    panels by the layer's panels per SM: on a 132-SM H100 the 136, 532 and 1063 panels here give
+    groups of 2, 4 and 8 (at least 4 for 17-32 rows, 8 with float32 scales). Every layer has more units than CTAs and
     fewer groups than units, so CTAs share groups: the partial sums, the counters (run twice)
     and the last CTA's sum are checked; K = 4104 leaves a short last unit (k_pad 4128), N a
     partial last panel and group. Tolerance: the kernel's fp16 weights (code x scale rounded to
