@@ -7,8 +7,9 @@ Two parts, every variant timed in the same run on the same machine:
    ORT fuses; and the QLinearMatMul form), ORT quantize_dynamic (per channel) and ORT
    quantize_static (QDQ, per channel, MinMax) calibrated on the same rows as ours.
 2. Whole model: SmolLM2-135M prefill of one 512-token window of tutorial/ text; variants: fp32
-   (as exported, and with our attention fusion alone), ours (w8a8 + SmoothQuant alpha: QDQ form,
-   QDQ with attention fusion, QLinearMatMul form), ORT quantize_dynamic, ORT quantize_static
+   (as exported, and with our ort-cpu fusions alone: attention, norms, rotary), ours (w8a8 +
+   SmoothQuant alpha: QDQ form, QDQ with the ort-cpu fusions, QLinearMatMul form), ORT
+   quantize_dynamic, ORT quantize_static
    (QDQ, per channel, MatMul/Gemm as ours, MinMax) on the same calibration windows (library/
    text, ``--calib-samples`` x 512).
 
@@ -181,9 +182,9 @@ def whole_model(out: Path, repeat: int, calib_samples: int, alpha: float) -> Non
     window = tokenize(read_text(text.evaluation_dir()), tokenizer)[:512]
     feeds = model_feeds(specs, window[None, :])
     variants: dict[str, Callable[[Path], None]] = {
-        "fp32 + our attention fusion (ort-cpu)": lambda p: _fused_fp32(src, p),
+        "fp32 + our ort-cpu fusions (attention, norms, rotary)": lambda p: _fused_fp32(src, p),
         f"ours w8a8 + smooth {alpha} (QDQ)": lambda p: _ours(src, p, samples, WeightFormat.QDQ, alpha),
-        f"ours w8a8 + smooth {alpha} (QDQ) + attention fusion": lambda p: _ours(
+        f"ours w8a8 + smooth {alpha} (QDQ) + ort-cpu fusions": lambda p: _ours(
             src, p, samples, WeightFormat.QDQ, alpha, fuse=True
         ),
         f"ours w8a8 + smooth {alpha} (QLinearMatMul)": lambda p: _ours(src, p, samples, WeightFormat.QLINEAR, alpha),

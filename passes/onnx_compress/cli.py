@@ -226,7 +226,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=[t.value for t in AttentionTarget],
         default=None,
         help="runtime the model is for: ort-cuda (default; GroupQueryAttention/MultiHeadAttention), "
-        "ort-cpu (MultiHeadAttention), tensorrt / onnx (ONNX Attention, opset 23)",
+        "ort-cpu (MultiHeadAttention), tensorrt / onnx (ONNX Attention, opset 23); the ort targets "
+        "also get ORT's fused norm and rotary kernels",
     )
     q.add_argument("--no-quantize", action="store_true", default=None, help="leave the weights float")
     sp = p.add_argument_group("2:4 sparsity")

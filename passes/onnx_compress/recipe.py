@@ -469,7 +469,9 @@ class AttentionTarget(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class FuseAttention:
-    """Fuse each attention subgraph (and each ONNX Attention node) into the target's op.
+    """Fuse each attention subgraph (and each ONNX Attention node) into the target's op; for
+    the ORT targets also the norms and rotary embeddings around them into ORT's fused kernels
+    (:mod:`onnx_compress.attention.ort_kernels`).
 
     Attributes:
         target: the runtime the model is for (see :class:`AttentionTarget`).
@@ -481,7 +483,11 @@ class FuseAttention:
 
     def build(self, context: PassContext) -> list[ir.passes.PassBase]:
         from onnx_compress.attention.fuse import FuseAttentionPass
+        from onnx_compress.attention.ort_kernels import FuseOrtKernelsPass
 
+        if self.target in (AttentionTarget.ORT_CPU, AttentionTarget.ORT_CUDA):
+            # rotary first: the attention lowering then reads q and k straight from the 3-D op
+            return [FuseOrtKernelsPass(), FuseAttentionPass(self.target)]
         return [FuseAttentionPass(self.target)]
 
 
