@@ -40,16 +40,11 @@ from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter.ort_fusions.rms_normalization import RmsNormFusion
 from onnxscript.rewriter.ort_fusions.skip_normalization import skip_layer_normalization_ruleset
 
+from onnx_compress.attention.canonical import _producer
+
 logger = logging.getLogger(__name__)
 
 _MS = "com.microsoft"
-
-
-def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    node = value.producer() if value is not None else None
-    if node is None or node.op_type != op_type or node.domain != "":
-        return None
-    return node
 
 
 def _ints(value: ir.Value | None) -> list[int] | None:
