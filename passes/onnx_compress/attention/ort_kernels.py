@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import _ir_utils, pattern
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter.ort_fusions.rms_normalization import RmsNormFusion
@@ -244,7 +244,6 @@ class FuseOrtKernelsPass(ir.passes.InPlacePass):
         modified = any(counts.values())
         if modified:
             RemoveUnusedNodesPass()(model)
-            RemoveUnusedFunctionsPass()(model)
             model.graph.sort()  # shared rotary tables are built where their first reader was
             model.opset_imports.setdefault(_MS, 1)
         logger.info("ORT kernel fusions: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -82,7 +82,6 @@ def test_corpus_fusions_are_exact(name: str) -> None:
     assert worst < FUSED_FP32, worst  # NaN fails
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama", "llama-cache", "qwen3", "bert-eager"])
 def test_corpus_fusions_in_float16_for_cuda(name: str) -> None:
     path = corpus.export(name, "dynamo", "float16")
