@@ -37,6 +37,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "common/dequant_cuda.h"
 
@@ -44,6 +46,17 @@ namespace oco {
 namespace cuda {
 
 constexpr int kPanel = 32;
+
+// f(std::integral_constant<int, 0>{}), ..., f(integral_constant<int, N - 1>{}): a loop whose index
+// is a compile-time constant (template arguments such as PairLookup's byte).
+template <class F, int... I>
+__device__ __forceinline__ void UnrollImpl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, class F>
+__device__ __forceinline__ void Unroll(F&& f) {
+  UnrollImpl(f, std::make_integer_sequence<int, N>{});
+}
 
 // ---- types ---------------------------------------------------------------------------------
 __device__ __forceinline__ float ToF(float v) { return v; }
@@ -170,8 +183,13 @@ struct KernelArgs {
 
 constexpr int kGemvWarps = 16;
 constexpr int kGemvMaxRows = 2;  // GEMV for M <= 2 (and float32, which skips the tensor cores)
-constexpr size_t kHalfGemvTableBytes = 256 * 32 * 4;    // its per-lane table: [byte][lane] half2
 constexpr size_t kHalfGemvMaxSmem = 200 * 1024;         // table + scales; more scale blocks: other kernels
+// The NF4 GEMVs' pair table: rows of 256 bytes (128 used) at a 64 KiB-aligned shared address,
+// so that one PRMT of the packed byte and a word holding the table's address and 4 * lane is the
+// lookup's address (no IMAD per byte); the dynamic allocation holds the table wherever the
+// aligned address falls in it.
+constexpr size_t kSkTableBytes = 256 * 256;
+constexpr size_t kSkTableSmem = 2 * kSkTableBytes;
 
 // v[0..kN-1] (kN = 32 or 16) summed over the lanes that hold the same channels (all 32; or the 16
 // of equal parity), scattered: afterwards v[0] of lane j holds the total of v[j] (kN = 32), or of
@@ -643,7 +661,7 @@ CudaPlan Plan(const CudaCall& call) {
       plan.gp = call.mma_gp != 0 ? call.mma_gp : MmaGroupPanels(call, plan.nt);
       return plan;
     }
-    const bool fits = kHalfGemvTableBytes + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
+    const bool fits = kSkTableSmem + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
     const bool full_row = call.m == 1 && fits && (call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));
     if (call.type == DType::kHalf && call.m >= 1 && call.m <= kSkMaxRows &&
         (call.force <= 1 || call.force == 6 || (call.force == 7 && full_row))) {
@@ -723,9 +741,9 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 // The fp16 partial sums hold 4 products of |code| <= 1 and A; their rounding (2^-11 relative)
 // stays below the float16 output's own.
 // The per-lane pair table: entry [byte][copy] = (lut[byte & 15], lut[byte >> 4]) as half2, a
-// byte's 32 copies in a row of kRowBytes (128: packed). A warp fills one byte's copies (a
-// uniform constant-memory read).
-template <int kRowBytes = 128>
+// byte's 32 copies in a row of kRowBytes (256 for the GEMVs' aligned table, AlignedTableLane; the
+// tensor-core kernel's too). A warp fills one byte's copies (a uniform constant-memory read).
+template <int kRowBytes>
 __device__ __forceinline__ void FillPairTable(void* tab) {
   for (int t = threadIdx.x; t < 256 * 32; t += blockDim.x) {
     const int byte = t / 32;
@@ -734,17 +752,37 @@ __device__ __forceinline__ void FillPairTable(void* tab) {
   }
 }
 
+// The 64 KiB-aligned shared address of a kSkTableBytes table in a kSkTableSmem allocation at
+// smem, with 4 * lane in its low byte; *tab gets the generic pointer (for FillPairTable<256>).
+__device__ __forceinline__ uint32_t AlignedTableLane(unsigned char* smem, unsigned char** tab) {
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t addr = (base + 0xFFFFu) & ~0xFFFFu;
+  *tab = smem + (addr - base);
+  return addr | (4u * (threadIdx.x & 31));
+}
+
+// The pair of byte J of `word` in the lane's copy of the aligned table: the address is one PRMT
+// (4 * lane, the byte, the table's upper address bytes), then one LDS.
+template <int J>
+__device__ __forceinline__ __half2 PairLookup(uint32_t word, uint32_t tab_lane) {
+  const uint32_t addr = __byte_perm(word, tab_lane, 0x7604u + 16u * J);
+  uint32_t bits;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(bits) : "r"(addr));
+  return *reinterpret_cast<const __half2*>(&bits);
+}
+
 constexpr int kHalfGemvRows = 4;                      // consecutive k-rows per lane
 constexpr int kHalfGemvStep = 32 * kHalfGemvRows;     // k-rows per warp step
 
 template <typename S>
 __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelArgs<__half, S> g) {
   extern __shared__ __align__(16) unsigned char hg_smem[];
-  __half2* tab = reinterpret_cast<__half2*>(hg_smem);                          // [256][32]
-  float* scales_s = reinterpret_cast<float*>(hg_smem + kHalfGemvTableBytes);  // [blocks][32]
+  unsigned char* tab = nullptr;  // [256][64] half2 (32 used), kSkTableBytes
+  const uint32_t tab_lane = AlignedTableLane(hg_smem, &tab);
+  float* scales_s = reinterpret_cast<float*>(hg_smem + kSkTableSmem);  // [blocks][32]
   __shared__ float red[kGemvWarps][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  FillPairTable(tab);
+  FillPairTable<256>(tab);
   const int64_t panel = blockIdx.x;
   StageScales(g, panel, scales_s);
   float acc[kPanel];
@@ -752,7 +790,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
   for (int j = 0; j < kPanel; ++j) acc[j] = 0.0f;
   __syncthreads();
 
-  const __half2* tab_lane = tab + lane;
   const uint8_t* bp = g.b + panel * g.p.k_pad * 16;
   const __half zero = __float2half(0.0f);
   const int64_t steps = g.p.k_pad / kHalfGemvStep;
@@ -780,8 +817,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
     for (int i = 0; i < kHalfGemvRows; ++i) {
       const __half2 a2 = __half2half2(a[i]);
       const uint32_t w[4] = {rows[i].x, rows[i].y, rows[i].z, rows[i].w};
-#pragma unroll
-      for (int j = 0; j < 16; ++j) part[j] = __hfma2(tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)], a2, part[j]);
+      Unroll<16>([&](auto jc) {
+        constexpr int j = decltype(jc)::value;
+        part[j] = __hfma2(PairLookup<j % 4>(w[j / 4], tab_lane), a2, part[j]);
+      });
     }
     const float* sc = scales_s + g.p.Block(st * kHalfGemvStep + kHalfGemvRows * lane) * kPanel;
 #pragma unroll
@@ -799,12 +838,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
     const float a = k < g.p.K ? __half2float(g.a[k]) : 0.0f;
     const uint32_t w[4] = {row.x, row.y, row.z, row.w};
     const float* sc = scales_s + g.p.Block(k) * kPanel;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const float2 f = __half22float2(tab_lane[32 * ((w[j / 4] >> (8 * (j % 4))) & 0xFF)]);
+    Unroll<16>([&](auto jc) {
+      constexpr int j = decltype(jc)::value;
+      const float2 f = __half22float2(PairLookup<j % 4>(w[j / 4], tab_lane));
       acc[j] = fmaf(f.x * a, sc[j], acc[j]);
       acc[16 + j] = fmaf(f.y * a, sc[16 + j], acc[16 + j]);
-    }
+    });
   }
   ReduceScatter<32>(acc, lane);
   red[warp][lane] = acc[0];
@@ -1061,7 +1100,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   constexpr int kUnit = 16 * KR;              // k-rows per unit
   constexpr int kUnitBlocks = kUnit / 32;     // scale blocks a unit can hold (blocks are >= 32 rows)
   extern __shared__ __align__(16) unsigned char hg_smem[];
-  __half2* tab = reinterpret_cast<__half2*>(hg_smem);  // [256][32]
   __shared__ __align__(16) float sc_s[kGemvWarps][kUnitBlocks * kPanel];  // per warp: its unit's scales, by 32 rows
   __shared__ __align__(16) unsigned char sc_raw[kGemvWarps][2][kUnitBlocks * (kPanel * sizeof(S) + 4)];  // as stored, by buffer
   __shared__ float red[2][kGemvWarps][MR][kPanel];              // by panel parity
@@ -1091,7 +1129,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
 #pragma unroll
     for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
   // Shared address of this lane's copy of entry 0 of the pair table: entry byte is at + 128 * byte.
-  const uint32_t tab_lane = static_cast<uint32_t>(__cvta_generic_to_shared(tab)) + 4 * lane;
+  unsigned char* tab = nullptr;
+  const uint32_t tab_lane = AlignedTableLane(hg_smem, &tab);
   float* sw = sc_s[warp];
   auto compute = [&](int idx, const Buf& b, int slot) {
     const int k0 = idx * kUnit;
@@ -1106,15 +1145,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
 #pragma unroll
     for (int i = 0; i < KR; ++i) {
       const uint32_t w[2] = {b.rows[i].x, b.rows[i].y};
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {  // byte j: one PRMT, one IMAD, one LDS
-        const uint32_t addr = __byte_perm(w[j / 4], 0u, 0x4440u + (j % 4)) * 128u + tab_lane;
-        uint32_t bits;
-        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(bits) : "r"(addr));
-        const __half2 v = *reinterpret_cast<const __half2*>(&bits);
+      Unroll<8>([&](auto jc) {  // byte j: one PRMT (the address), one LDS
+        constexpr int j = decltype(jc)::value;
+        const __half2 v = PairLookup<j % 4>(w[j / 4], tab_lane);
 #pragma unroll
         for (int mi = 0; mi < MR; ++mi) part[mi][j] = __hfma2(v, __half2half2(a[mi][i]), part[mi][j]);
-      }
+      });
       // flush the fp16 sums where the next 16 rows are in another scale block (uniform)
       if (i == KR - 1 || ((k0 + 16 * i) >> shift) != ((k0 + 16 * (i + 1)) >> shift)) {
         const float* sc = sw + kPanel * (i / 2) + 8 * h;  // the 32-row piece of rows 16i..16i+15
@@ -1137,7 +1173,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   SkLoop<Buf>(
       sk, range, warp, load, compute,
       [&] {
-        FillPairTable(tab);  // (the first unit's loads are in flight)
+        FillPairTable<256>(tab);  // (the first unit's loads are in flight)
         __syncthreads();
       },
       [&](int p) {
@@ -1264,12 +1300,12 @@ cudaError_t LaunchNf4GemvSk(const KernelArgs<__half, S>& g, void* workspace, int
   // at 11008x4096 (24% fewer instructions, fewer warps to hide latency). M = 2-4: 4 rows (4 rows
   // against 2 at M = 4: 37.0 / 37.9 us).
   constexpr int KR = MR == 1 ? 8 : 4;
-  static const int per_sm = SkCtasPerSm(Nf4GemvSkKernel<S, MR, KR>, kHalfGemvTableBytes);
+  static const int per_sm = SkCtasPerSm(Nf4GemvSkKernel<S, MR, KR>, kSkTableSmem);
   const StreamK sk = MakeStreamK(g.p, 16 * KR, sm_count, per_sm);
   if (workspace == nullptr || per_sm < 1 || sk.ctas < 1) return cudaErrorInvalidValue;
   float* partials = static_cast<float*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
-  Nf4GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kHalfGemvTableBytes, stream>>>(
+  Nf4GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kSkTableSmem, stream>>>(
       g, sk, partials, counters);
   return cudaGetLastError();
 }
@@ -1313,7 +1349,7 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, bool stream_k, int
       default: return cudaErrorInvalidValue;
     }
   }
-  const size_t smem = kHalfGemvTableBytes + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
+  const size_t smem = kSkTableSmem + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
   if (g.m != 1 || smem > kHalfGemvMaxSmem) return cudaErrorInvalidValue;  // never planned
   static const cudaError_t attr = AllowSmem(Nf4GemvHalfKernel<S>, kHalfGemvMaxSmem);
   if (attr != cudaSuccess) return attr;
