@@ -16,10 +16,12 @@ quantizer of every weight, :meth:`QuantizeWeightsPass.target_for`), in AutoAWQ's
 3. Check the fold: the float model after step 2 must match the model before it (relative error
    below :data:`FOLD_TOLERANCE` on the check inputs, two calibration samples); else the pass
    raises, since a wrong fold is a bug and must not reach the quantizer.
-4. Clip search per 4-bit weight on its scaled input rows ``x / s`` and scaled weight, except
-   the weights whose outputs become attention queries or keys (AutoAWQ skips q/k: their errors
-   pass through the softmax, which the per-layer loss does not see). The clip is applied to the
-   float weights; the quantize step then quantizes them exactly as without AWQ.
+4. Clip search per 4-bit weight on its scaled input rows ``x / s`` and scaled weight. AutoAWQ
+   skips the weights whose outputs become attention queries or keys (their errors pass through
+   the softmax, which the per-layer loss does not see); here they are clipped too unless
+   ``clip_qk`` is off: measured on SmolLM2 int4, perplexity 17.283 with them clipped against
+   17.461 without (docs/accuracy.md). The clip is applied to the float weights; the quantize
+   step then quantizes them exactly as without AWQ.
 
 Per group the pass records the ratio, the loss of RTN and with AWQ on the sampled rows, where
 1/s went and how many blocks were clipped (:class:`AwqRecord`, in the report).
@@ -229,7 +231,7 @@ class AwqPass(ir.passes.InPlacePass):
                 quant is not None
                 and quant.scheme.four_bit
                 and self.config.clip
-                and not feeds_attention_scores(site.uses[0].node)
+                and (self.config.clip_qk or not feeds_attention_scores(site.uses[0].node))
             )
             members.append(_Member(site, quant, clip))
         return members
@@ -344,7 +346,7 @@ class AwqPass(ir.passes.InPlacePass):
                     clipped.append(0.0)
                     continue
                 w = current_weight(m.site).astype(np.float32)
-                bound = search_clip(x_scaled, w, m.quant, max_rows=self.config.clip_rows)
+                bound = search_clip(x_scaled, w, m.quant, max_rows=self.config.clip_rows, steps=self.config.clip_steps)
                 peak = _block_peak(w, m.quant.block_size)
                 clipped.append(float(np.mean(bound < peak)))
                 if np.any(bound < peak):

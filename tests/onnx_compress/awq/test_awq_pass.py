@@ -17,7 +17,9 @@ from onnx_compress.awq import scaling
 from onnx_compress.awq.fold import find_groups
 from onnx_compress.awq.scaling import feeds_attention_scores
 from onnx_compress.calibration.data import TextCalibration, input_specs, model_feeds, read_text, tokenize
-from onnx_compress.errors import CalibrationDataError, VerificationError
+from onnx_compress.calibration.stats import ActivationStats
+from onnx_compress.errors import CalibrationDataError, RecipeError, VerificationError
+from onnx_compress.quantize.weights import QuantizeWeightsPass
 from onnx_compress.verify import random_inputs
 
 INT4 = QuantizeWeights(scheme=WeightScheme.INT4, int8=())
@@ -46,6 +48,24 @@ def test_query_and_key_projections_are_found_from_the_graph(name: str, queries_k
         # the names only label the expectation; the walk never reads them
         assert is_qk == any(q in layer for q in queries_keys), (layer, is_qk)
     assert sum(found.values()) == 2 * sum(1 for layer in found if queries_keys[0] in layer)
+
+
+@pytest.mark.parametrize("clip_qk", [True, False])
+def test_query_and_key_weights_are_clipped_unless_clip_qk_is_off(clip_qk: bool) -> None:
+    model = ir.load(str(export.export("smollm2-l4", "dynamo")))
+    stats = ActivationStats({}, "unused", 0)
+    awq = scaling.AwqPass(Awq(clip_qk=clip_qk), INT4, stats)
+    chooser = QuantizeWeightsPass(INT4)
+    members = [m for g in find_groups(model) for m in awq._members(g, chooser)]
+    qk = [m for m in members if feeds_attention_scores(m.site.uses[0].node)]
+    assert len(qk) == 8 and len(members) == 28  # 4 layers x (q, k, v, o, gate, up, down)
+    assert all(m.clip == clip_qk for m in qk)
+    assert all(m.clip for m in members if m not in qk)  # every other 4-bit weight is clipped
+
+
+def test_awq_recipe_checks_clip_steps() -> None:
+    with pytest.raises(RecipeError, match=r"clip_steps must be in \[1, 100\], got 0"):
+        Awq(clip_steps=0)
 
 
 def test_awq_int4_beats_rtn_on_smollm2_and_keeps_the_output_ops(library_file: Path, tmp_path: Path) -> None:

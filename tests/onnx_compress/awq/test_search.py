@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_compress.awq.search import FakeQuant, apply_clip, search_clip, search_scales, weight_mean
+from onnx_compress.awq.search import CLIP_STEPS, FakeQuant, apply_clip, search_clip, search_scales, weight_mean
 from onnx_compress.recipe import WeightScheme
 
 INT4 = FakeQuant(WeightScheme.INT4, 128)
@@ -64,7 +64,8 @@ def test_clip_search_lowers_each_blocks_error() -> None:
     w[7, 3] = 0.5  # one large weight stretches its block's range
     bound = search_clip(x, w, INT4)
     peak = np.stack([np.abs(w[i * 128 : (i + 1) * 128]).max(axis=0) for i in range(4)])
-    assert bound.shape == (4, 48) and (bound <= peak + 1e-7).all() and (bound >= 0.55 * peak - 1e-7).all()
+    lowest = 1 - 0.5 * (CLIP_STEPS - 1) / CLIP_STEPS  # the default grid's smallest bound
+    assert bound.shape == (4, 48) and (bound <= peak + 1e-7).all() and (bound >= lowest * peak - 1e-7).all()
     clipped = INT4(apply_clip(w, bound, 128))
     plain = INT4(w)
     for j in range(4):
@@ -73,6 +74,28 @@ def test_clip_search_lowers_each_blocks_error() -> None:
         err_p = np.square(x[:, rows] @ (w[rows] - plain[rows])).mean(axis=0)
         assert (err_c <= err_p * (1 + 1e-6)).all()
     assert (bound < peak).any()  # some block profits from clipping
+
+
+def test_finer_clip_grid_contains_autoawqs_and_is_never_worse_per_block() -> None:
+    # 30 steps of max|w| / 60 hold AutoAWQ's 10 steps of max|w| / 20 (every third), over the same
+    # range, so each block's chosen error can only go down; exact comparison on the same rows
+    x, _, weights, _ = _group(n=(40,))
+    w = weights[0]
+    coarse, fine = search_clip(x, w, INT4, steps=10), search_clip(x, w, INT4, steps=30)
+    peak = np.stack([np.abs(w[i * 128 : (i + 1) * 128]).max(axis=0) for i in range(4)])
+    grid = 1 - np.arange(10) / 20  # AutoAWQ's: 1, 0.95, ..., 0.55
+    assert (np.abs((coarse / peak)[..., None] - grid).min(axis=-1) < 1e-6).all()
+    assert (fine >= peak * (1 - 0.5 * 29 / 30) - 1e-7).all()
+    for j in range(4):
+        rows = slice(j * 128, (j + 1) * 128)
+        errs = [
+            np.square(x[:, rows] @ (w[rows] - INT4(apply_clip(w, b, 128))[rows]), dtype=np.float64).mean(axis=0)
+            for b in (coarse, fine)
+        ]
+        assert (errs[1] <= errs[0] * (1 + 1e-6)).all()
+    assert (fine != coarse).any()  # the finer grid moves some bound
+    with pytest.raises(ValueError, match="clip steps must be >= 1, got 0"):
+        search_clip(x, w, INT4, steps=0)
 
 
 def test_group_shapes_are_checked() -> None:
