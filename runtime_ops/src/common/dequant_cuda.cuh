@@ -188,8 +188,8 @@ constexpr size_t kHalfGemvMaxSmem = 200 * 1024;         // table + scales; more 
 // so that one PRMT of the packed byte and a word holding the table's address and 4 * lane is the
 // lookup's address (no IMAD per byte); the dynamic allocation holds the table wherever the
 // aligned address falls in it.
-constexpr size_t kSkTableBytes = 256 * 256;
-constexpr size_t kSkTableSmem = 2 * kSkTableBytes;
+constexpr size_t kPairTableBytes = 256 * 256;
+constexpr size_t kPairTableSmem = 2 * kPairTableBytes;
 
 // v[0..kN-1] (kN = 32 or 16) summed over the lanes that hold the same channels (all 32; or the 16
 // of equal parity), scattered: afterwards v[0] of lane j holds the total of v[j] (kN = 32), or of
@@ -661,7 +661,7 @@ CudaPlan Plan(const CudaCall& call) {
       plan.gp = call.mma_gp != 0 ? call.mma_gp : MmaGroupPanels(call, plan.nt);
       return plan;
     }
-    const bool fits = kSkTableSmem + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
+    const bool fits = kPairTableSmem + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
     const bool full_row = call.m == 1 && fits && (call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));
     if (call.type == DType::kHalf && call.m >= 1 && call.m <= kSkMaxRows &&
         (call.force <= 1 || call.force == 6 || (call.force == 7 && full_row))) {
@@ -752,7 +752,7 @@ __device__ __forceinline__ void FillPairTable(void* tab) {
   }
 }
 
-// The 64 KiB-aligned shared address of a kSkTableBytes table in a kSkTableSmem allocation at
+// The 64 KiB-aligned shared address of a kPairTableBytes table in a kPairTableSmem allocation at
 // smem, with 4 * lane in its low byte; *tab gets the generic pointer (for FillPairTable<256>).
 __device__ __forceinline__ uint32_t AlignedTableLane(unsigned char* smem, unsigned char** tab) {
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -777,9 +777,9 @@ constexpr int kHalfGemvStep = 32 * kHalfGemvRows;     // k-rows per warp step
 template <typename S>
 __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelArgs<__half, S> g) {
   extern __shared__ __align__(16) unsigned char hg_smem[];
-  unsigned char* tab = nullptr;  // [256][64] half2 (32 used), kSkTableBytes
+  unsigned char* tab = nullptr;  // [256][64] half2 (32 used), kPairTableBytes
   const uint32_t tab_lane = AlignedTableLane(hg_smem, &tab);
-  float* scales_s = reinterpret_cast<float*>(hg_smem + kSkTableSmem);  // [blocks][32]
+  float* scales_s = reinterpret_cast<float*>(hg_smem + kPairTableSmem);  // [blocks][32]
   __shared__ float red[kGemvWarps][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   FillPairTable<256>(tab);
@@ -1128,7 +1128,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   for (int mi = 0; mi < MR; ++mi)
 #pragma unroll
     for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
-  // Shared address of this lane's copy of entry 0 of the pair table: entry byte is at + 128 * byte.
+  // The lane's word for PairLookup: the aligned table's address with 4 * lane in its low byte.
   unsigned char* tab = nullptr;
   const uint32_t tab_lane = AlignedTableLane(hg_smem, &tab);
   float* sw = sc_s[warp];
@@ -1300,12 +1300,12 @@ cudaError_t LaunchNf4GemvSk(const KernelArgs<__half, S>& g, void* workspace, int
   // at 11008x4096 (24% fewer instructions, fewer warps to hide latency). M = 2-4: 4 rows (4 rows
   // against 2 at M = 4: 37.0 / 37.9 us).
   constexpr int KR = MR == 1 ? 8 : 4;
-  static const int per_sm = SkCtasPerSm(Nf4GemvSkKernel<S, MR, KR>, kSkTableSmem);
+  static const int per_sm = SkCtasPerSm(Nf4GemvSkKernel<S, MR, KR>, kPairTableSmem);
   const StreamK sk = MakeStreamK(g.p, 16 * KR, sm_count, per_sm);
   if (workspace == nullptr || per_sm < 1 || sk.ctas < 1) return cudaErrorInvalidValue;
   float* partials = static_cast<float*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
-  Nf4GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kSkTableSmem, stream>>>(
+  Nf4GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kPairTableSmem, stream>>>(
       g, sk, partials, counters);
   return cudaGetLastError();
 }
@@ -1349,7 +1349,7 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, bool stream_k, int
       default: return cudaErrorInvalidValue;
     }
   }
-  const size_t smem = kSkTableSmem + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
+  const size_t smem = kPairTableSmem + static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
   if (g.m != 1 || smem > kHalfGemvMaxSmem) return cudaErrorInvalidValue;  // never planned
   static const cudaError_t attr = AllowSmem(Nf4GemvHalfKernel<S>, kHalfGemvMaxSmem);
   if (attr != cudaSuccess) return attr;
@@ -1382,7 +1382,7 @@ constexpr int kMmaSliceRows = 64;
 constexpr int kMaxSmemPerCta = 227 * 1024;  // sm_80 / sm_90 opt-in limit
 // The per-lane pair table (FillPairTable's entries) with rows of 256 bytes, 128 used: the byte at
 // offset (byte << 8) + 4 lane, one PRMT from the packed byte and the lane (MmaTableOffset).
-constexpr int kMmaTableBytes = 256 * 256;
+constexpr int kMmaTableBytes = static_cast<int>(kPairTableBytes);  // the GEMVs' layout, not aligned
 constexpr int kMmaSliceBytes = kMmaSliceRows * 16 + kMmaSliceRows / 8 * 16;  // 16 more bytes per 8 rows: no bank conflicts
 
 template <typename S, int NT, int GP>
@@ -1618,7 +1618,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
     if (u0 + s < u1) issue(s);
     CpAsyncCommit();
   }
-  FillPairTable<kMmaTableBytes / 256>(mma_smem);  // (the first stages are in flight; visible after the loop's first barrier)
+  FillPairTable<256>(mma_smem);  // (the first stages are in flight; visible after the loop's first barrier)
   int slot = 0, grp = u0 / sk.upp, left = (grp + 1) * sk.upp - u0;  // units of grp left
   for (int u = u0; u < u1; ++u) {
     CpAsyncWait<L::kStages - 2>();

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onnx_compress.awq.search import CLIP_STEPS, FakeQuant, apply_clip, search_clip, search_scales, weight_mean
-from onnx_compress.recipe import WeightScheme
+from onnx_compress.recipe import Awq, WeightScheme
 
 INT4 = FakeQuant(WeightScheme.INT4, 128)
 NF4 = FakeQuant(WeightScheme.NF4, 64)
@@ -94,6 +94,7 @@ def test_finer_clip_grid_contains_autoawqs_and_is_never_worse_per_block() -> Non
         ]
         assert (errs[1] <= errs[0] * (1 + 1e-6)).all()
     assert (fine != coarse).any()  # the finer grid moves some bound
+    assert Awq().clip_steps == CLIP_STEPS  # the recipe's default is the search's (no import cycle to share it)
     with pytest.raises(ValueError, match="clip steps must be >= 1, got 0"):
         search_clip(x, w, INT4, steps=0)
 
