@@ -11,6 +11,13 @@ neighbour among the others stays the same. The text hashes are printed with the 
     python -m tools.eval_embeddings --sentences 256 --calib-samples 128 --calib-seqlen 128
     python -m tools.eval_embeddings --sparsity         # 2:4 magnitude vs wanda, float and int8
     python -m tools.eval_embeddings --w8a8             # static int8 activations, with / without smoothing
+    python -m tools.eval_embeddings --per-layer        # RTN: each layer alone in 4 bits, then all
+
+``--per-layer`` answers where a 4-bit model's embedding error comes from: the cosine to float with
+only one MatMul weight in the format (the weight replaced by its quantized-dequantized values from
+``numerics``, the same values the quantized graph computes with), for every weight in turn, then
+with all of them; the sum of the single-layer losses (1 - cosine) against the joint loss shows
+whether the losses add up.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from models import export, text
 from tokenizers import Tokenizer
@@ -40,6 +48,7 @@ from onnx_compress import (
     compress_file,
 )
 from onnx_compress.calibration.data import TextCalibration, read_text, text_hash
+from onnx_compress.numerics import int4, nf4
 from onnx_compress.recipe import Step
 from tools.eval_perplexity import add_accuracy_level, session_options
 
@@ -114,6 +123,50 @@ def sentence_embeddings(path: Path, ids: np.ndarray, mask: np.ndarray, accuracy_
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)  # type: ignore[no-any-return]
 
 
+def fake_quantize(label: str, w: np.ndarray) -> np.ndarray:
+    """W [K, N] quantized and dequantized as the 4-bit configuration ``label`` stores it."""
+    if label == "nf4/block64":
+        codes, absmax = nf4.quantize_kn(w, 64)
+        return nf4.dequantize_kn(codes, absmax, 64).astype(np.float32)
+    if label == "int4/block128":
+        return int4.dequantize(int4.quantize(w, 128))
+    raise SystemExit(f"--per-layer takes the 4-bit configurations nf4/block64 and int4/block128, got {label}")
+
+
+def per_layer(src: Path, label: str, ids: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> None:
+    """Cosine to float with each MatMul weight alone in the 4-bit format, then all of them."""
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = [(n.name, n.input[1]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    orig = {name: onnx.numpy_helper.to_array(inits[name]).copy() for _, name in weights}
+
+    def cosine() -> np.ndarray:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            onnx.save(model, str(path))
+            e = sentence_embeddings(path, ids, mask)
+        return (e * ref).sum(1)  # type: ignore[no-any-return]
+
+    def put(name: str, w: np.ndarray) -> None:
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(w, name))
+
+    print(f"| {label}: only this weight quantized | K x N | cosine mean / min | 1 - cosine |")
+    print("|---|---|---|---|")
+    total = 0.0
+    for node, name in weights:
+        put(name, fake_quantize(label, orig[name]))
+        cos = cosine()
+        put(name, orig[name])
+        total += 1.0 - float(cos.mean())
+        k, n = orig[name].shape
+        print(f"| {node} | {k} x {n} | {cos.mean():.5f} / {cos.min():.5f} | {1 - cos.mean():.5f} |", flush=True)
+    for _, name in weights:
+        put(name, fake_quantize(label, orig[name]))
+    cos = cosine()
+    print(f"| all {len(weights)} weights | | {cos.mean():.5f} / {cos.min():.5f} | {1 - cos.mean():.5f} |")
+    print(f"\nsum of the single-weight losses: {total:.5f}; the joint loss: {1 - cos.mean():.5f}\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--sentences", type=int, default=256)
@@ -122,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--sparsity", action="store_true", help="2:4 sparsity (magnitude, wanda; float, int8) instead")
     p.add_argument("--w8a8", action="store_true", help="w8a8 (each activation range rule, with / without smoothing)")
+    p.add_argument("--per-layer", action="store_true", help="RTN 4-bit: each MatMul weight alone, then all")
     add_accuracy_level(p)
     args = p.parse_args(argv)
 
@@ -139,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     ref = embed(src)
     sim_ref = ref @ ref.T
     np.fill_diagonal(sim_ref, -2)
+    if args.per_layer:
+        print(f"all-MiniLM-L6-v2: {len(batch)} sentences of tutorial/ (text hash {text_hash(eval_text)})\n")
+        for label in args.configs:
+            per_layer(src, label, ids, mask, ref)
+        return
     print(
         f"all-MiniLM-L6-v2: {len(batch)} sentences of tutorial/ (text hash {text_hash(eval_text)}, {length} tokens "
         f"max); calibration {args.calib_samples} x {args.calib_seqlen} tokens of library/ "
