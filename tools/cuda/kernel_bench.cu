@@ -19,6 +19,10 @@
 // is the planned kernel too, so the line repeats), its panels per group planned or, with
 // MMAGP="2,4,8", each of these (its "bm=" column shows them).
 // MS="1,8,16" and SHAPES="4096x4096,1000x999" (K x N) replace the default M and shapes.
+// LAUNCH="1:-1 0:0" runs each path once per pair pdl:prefetch (CudaCall::pdl, ::prefetch_bytes;
+// "all" = the whole range of each CTA); default "1:-1" (programmatic launches, the library's
+// prefetch). Launches follow each other on one stream, so with pdl each one may start while the
+// previous finishes, as consecutive MatMuls of a model in ORT do.
 //
 // Weights rotate among several copies so that no run reads them from L2 (50 MB on an H100).
 // Each result is checked against cuBLAS on the same dequantized weights (float16 relative
@@ -221,8 +225,25 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       if (end == std::string::npos) break;
       pos = end + 1;
     }
+    std::vector<std::pair<bool, int64_t>> launches;  // (pdl, prefetch bytes)
+    {
+      const char* env = std::getenv("LAUNCH");
+      std::string spec = env ? env : "1:-1";
+      for (size_t pos = 0; pos < spec.size();) {
+        size_t end = spec.find(' ', pos);
+        if (end == std::string::npos) end = spec.size();
+        const std::string tok = spec.substr(pos, end - pos);
+        const size_t colon = tok.find(':');
+        if (!tok.empty() && colon != std::string::npos) {
+          const std::string pf = tok.substr(colon + 1);
+          launches.push_back({tok[0] == '1', pf == "all" ? (int64_t{1} << 40) : std::atoll(pf.c_str())});
+        }
+        pos = end + 1;
+      }
+    }
     for (int m : ms)
-    for (const auto& [force, chunk_mb] : paths) {
+    for (const auto& [force, chunk_mb] : paths)
+    for (const auto& [pdl, prefetch] : launches) {
       if (force >= 2 && force <= 4 && m <= 2) continue;
       if (force == 5 && m > 2) continue;
       if ((force == 6 && m > 4) || (force == 7 && m > 1) || (force == 8 && m > oco::kMmaMaxRows)) continue;
@@ -240,6 +261,8 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       call.blas_handle = handle;
       call.chunk_bytes = chunk_mb << 20;
       if (force == 8) call.mma_gp = static_cast<int>(chunk_mb);
+      call.pdl = pdl;
+      call.prefetch_bytes = prefetch;
       const CudaPlan plan = oco::cuda::Plan<Dec>(call);
       const size_t ws_bytes = oco::WorkspaceBytes(call, plan);
       if (ws_bytes > 0) CK(cudaMalloc(&call.workspace, ws_bytes));
@@ -284,9 +307,12 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvs" : force == 7 ? "gemvf" : plan.mma ? "mma" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
       if (call.workspace) CK(cudaFree(call.workspace));
       if (call.gemv_workspace) CK(cudaFree(call.gemv_workspace));
-      std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
+      char pf[32];
+      if (prefetch >= (int64_t{1} << 40)) std::snprintf(pf, sizeof pf, "all");
+      else std::snprintf(pf, sizeof pf, "%lld", (long long)prefetch);
+      std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld pdl=%d pf=%-6s ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",
-                  name, (long long)p.K, (long long)p.N, m, kernel, plan.mma ? plan.gp : plan.bm, (long long)plan.chunk_panels, t_ours, t_fp16, t_fp16 / t_ours,
+                  name, (long long)p.K, (long long)p.N, m, kernel, plan.mma ? plan.gp : plan.bm, (long long)plan.chunk_panels, int(pdl), pf, t_ours, t_fp16, t_fp16 / t_ours,
                   weight_bytes / t_ours / 1e3, 100.0 * weight_bytes / (t_ours * 1e-6) / copy_bw, rel,
                   (finite && rel < 2e-3) ? "" : "  WRONG");
       std::fflush(stdout);

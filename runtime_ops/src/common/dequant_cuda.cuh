@@ -179,7 +179,76 @@ struct KernelArgs {
   Params p;
   const float* scale2;  // int8_t scales only: [ceil(panels * blocks * 32 / 256)]
   const float* offset;  // int8_t scales only: one float
+  bool pdl;             // host: launch the GEMVs as programmatic dependent launches (CudaCall::pdl)
+  int64_t prefetch;     // bytes of its weights a GEMV CTA prefetches into L2 at its start (0: none)
 };
+
+// ---- programmatic dependent launch and L2 prefetch (sm_90 on; no-ops before) ----------------
+// A kernel that LaunchKernel starts with `pdl` may begin while the stream's previous kernel is
+// still finishing. Until GridDependencyWait() it reads only the weights, scales and bias (constant
+// initializers: CudaCall::pdl is set only then) and writes only shared memory; A, Y, the
+// workspaces and counters come after, when the previous kernel is complete and its writes are
+// visible. AllowDependentLaunch() lets the stream's next kernel start early in the same way (its
+// CTAs take SMs as ours leave them). Without a programmatic launch both return at once.
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Bytes [p, p + bytes) into L2 by the copy engine (cp.async.bulk.prefetch: no registers, no
+// wait), in pieces of kPrefetchPiece; p 16-byte aligned, bytes a multiple of 16.
+constexpr int64_t kPrefetchPiece = 32 * 1024;
+__device__ __forceinline__ void PrefetchL2(const uint8_t* p, int64_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  for (int64_t o = 0; o < bytes; o += kPrefetchPiece) {
+    const uint32_t n = static_cast<uint32_t>(min(kPrefetchPiece, bytes - o));
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + o), "r"(n) : "memory");
+  }
+#endif
+}
+
+// By thread 0: up to `limit` bytes of the weights of units [u_begin, u_end) of a stream-K range
+// into L2, in the order they are read (units of `rows` k-rows of `gp` panels, group-major; panels of
+// k_pad rows of row_bytes, row_bytes a multiple of 16).
+__device__ __forceinline__ void PrefetchUnitsL2(const uint8_t* b, int64_t k_pad, int64_t panels, int row_bytes,
+                                                int rows, int gp, int upp, int u_begin, int u_end, int64_t limit) {
+  if (threadIdx.x != 0) return;
+  for (int grp = u_begin / upp; grp * upp < u_end && limit > 0; ++grp) {
+    const int64_t r0 = static_cast<int64_t>(max(u_begin - grp * upp, 0)) * rows;
+    const int64_t r1 = min(static_cast<int64_t>(min(u_end - grp * upp, upp)) * rows, k_pad);
+    for (int j = 0; j < gp && limit > 0; ++j) {
+      const int64_t panel = static_cast<int64_t>(grp) * gp + j;
+      if (panel >= panels) break;
+      const int64_t bytes = min((r1 - r0) * row_bytes, limit);
+      PrefetchL2(b + (panel * k_pad + r0) * row_bytes, bytes);
+      limit -= bytes;
+    }
+  }
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when `pdl`
+// (the caller checked the device: sm_90 on).
+template <typename... KParams, typename... Args>
+cudaError_t LaunchKernel(void (*kernel)(KParams...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                         bool pdl, Args&&... args) {
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
 
 constexpr int kGemvWarps = 16;
 constexpr int kGemvMaxRows = 2;  // GEMV for M <= 2 (and float32, which skips the tensor cores)
@@ -332,7 +401,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) GemvKernel(KernelArgs<T, S
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (Dec::kNeedsLut && threadIdx.x < 16) lut[threadIdx.x] = kNf4Lut[threadIdx.x];
   const int64_t panel = blockIdx.x;
+  const int64_t panel_bytes = g.p.k_pad * Dec::kBytesPerK;
+  if (threadIdx.x == 0 && blockIdx.y == 0) PrefetchL2(g.b + panel * panel_bytes, min(g.prefetch, panel_bytes));
   StageScales(g, panel, scales_s);
+  GridDependencyWait();
+  AllowDependentLaunch();
   g.a += static_cast<int64_t>(blockIdx.y) * MR * g.p.K;  // this CTA's rows of A
   g.y += static_cast<int64_t>(blockIdx.y) * MR * g.p.N;
   g.m -= static_cast<int64_t>(blockIdx.y) * MR;
@@ -727,8 +800,7 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(g.p.blocks) * kPanel * sizeof(float);
   if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // > 1600 scale blocks per channel
   const dim3 grid(static_cast<unsigned>(g.p.panels), static_cast<unsigned>((g.m + MR - 1) / MR));
-  GemvKernel<Dec, T, S, MR><<<grid, kGemvWarps * 32, smem, stream>>>(g);
-  return cudaGetLastError();
+  return LaunchKernel(GemvKernel<Dec, T, S, MR>, grid, dim3(kGemvWarps * 32), smem, stream, g.pdl, g);
 }
 
 // ---- NF4 GEMV for one row of float16 A ---------------------------------------------------------
@@ -782,9 +854,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
   float* scales_s = reinterpret_cast<float*>(hg_smem + kPairTableSmem);  // [blocks][32]
   __shared__ float red[kGemvWarps][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  FillPairTable<256>(tab);
   const int64_t panel = blockIdx.x;
+  if (threadIdx.x == 0) PrefetchL2(g.b + panel * g.p.k_pad * 16, min(g.prefetch, g.p.k_pad * 16));
+  FillPairTable<256>(tab);
   StageScales(g, panel, scales_s);
+  GridDependencyWait();
+  AllowDependentLaunch();
   float acc[kPanel];
 #pragma unroll
   for (int j = 0; j < kPanel; ++j) acc[j] = 0.0f;
@@ -1105,6 +1180,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   __shared__ float red[2][kGemvWarps][MR][kPanel];              // by panel parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 1, h = lane & 1;
   const SkRange range(sk, blockIdx.x);
+  PrefetchUnitsL2(g.b, g.p.k_pad, g.p.panels, 16, kUnit, 1, sk.upp, range.u_begin, range.u_end, g.prefetch);
   float dq_offset = 0.0f;
   if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
   const __half zero = __float2half(0.0f);
@@ -1174,6 +1250,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
       sk, range, warp, load, compute,
       [&] {
         FillPairTable<256>(tab);  // (the first unit's loads are in flight)
+        GridDependencyWait();
+        AllowDependentLaunch();
         __syncthreads();
       },
       [&](int p) {
@@ -1200,6 +1278,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
   __shared__ float red[2][kGemvWarps][MR][kPanel];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane >> 1, h = lane & 1;
   const SkRange range(sk, blockIdx.x);
+  PrefetchUnitsL2(g.b, g.p.k_pad, g.p.panels, 32, kUnit, 1, sk.upp, range.u_begin, range.u_end, g.prefetch);
   const __half zero = __float2half(0.0f);
   struct Buf {
     uint4 rows[KR];
@@ -1263,7 +1342,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
     }
   };
   SkLoop<Buf>(
-      sk, range, warp, load, compute, [] {},
+      sk, range, warp, load, compute,
+      [] {
+        GridDependencyWait();  // (the first unit's loads are in flight)
+        AllowDependentLaunch();
+      },
       [&](int p) {
         SkWarpSums(acc, lane, 16 * h + q, red[p & 1][warp]);
         SkPanelOut<MR>(sk, range, p, red, g.bias, g.y, g.p.N, partials, counters);
@@ -1305,9 +1388,8 @@ cudaError_t LaunchNf4GemvSk(const KernelArgs<__half, S>& g, void* workspace, int
   if (workspace == nullptr || per_sm < 1 || sk.ctas < 1) return cudaErrorInvalidValue;
   float* partials = static_cast<float*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
-  Nf4GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, kPairTableSmem, stream>>>(
-      g, sk, partials, counters);
-  return cudaGetLastError();
+  return LaunchKernel(Nf4GemvSkKernel<S, MR, KR>, dim3(static_cast<unsigned>(sk.ctas)), dim3(kGemvWarps * 32),
+                      kPairTableSmem, stream, g.pdl, g, sk, partials, counters);
 }
 
 template <typename S, int MR>
@@ -1320,8 +1402,8 @@ cudaError_t LaunchInt8GemvSk(const KernelArgs<__half, S>& g, void* workspace, in
   if (workspace == nullptr || per_sm < 1 || sk.ctas < 1) return cudaErrorInvalidValue;
   float* partials = static_cast<float*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(partials + SkPartialFloats(sm_count));
-  Int8GemvSkKernel<S, MR, KR><<<static_cast<unsigned>(sk.ctas), kGemvWarps * 32, 0, stream>>>(g, sk, partials, counters);
-  return cudaGetLastError();
+  return LaunchKernel(Int8GemvSkKernel<S, MR, KR>, dim3(static_cast<unsigned>(sk.ctas)), dim3(kGemvWarps * 32), 0,
+                      stream, g.pdl, g, sk, partials, counters);
 }
 
 template <typename S>
@@ -1353,8 +1435,8 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, bool stream_k, int
   if (g.m != 1 || smem > kHalfGemvMaxSmem) return cudaErrorInvalidValue;  // never planned
   static const cudaError_t attr = AllowSmem(Nf4GemvHalfKernel<S>, kHalfGemvMaxSmem);
   if (attr != cudaSuccess) return attr;
-  Nf4GemvHalfKernel<S><<<static_cast<unsigned>(g.p.panels), kGemvWarps * 32, smem, stream>>>(g);
-  return cudaGetLastError();
+  return LaunchKernel(Nf4GemvHalfKernel<S>, dim3(static_cast<unsigned>(g.p.panels)), dim3(kGemvWarps * 32), smem,
+                      stream, g.pdl, g);
 }
 
 // ---- NF4 with float16 A on tensor cores, decoded in registers (M <= kMmaMaxRows) --------------
@@ -1613,12 +1695,17 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
   };
 
   const int u0 = range.u_begin, u1 = range.u_end;
+  // The weights of the range into L2 and the table filled, while the previous kernel may still run
+  // (A is in the stages: the loads wait for it).
+  PrefetchUnitsL2(g.b, k_pad, panels, 16, L::kRows, GP, sk.upp, u0, u1, g.prefetch);
+  FillPairTable<256>(mma_smem);  // (visible after the loop's first barrier)
+  GridDependencyWait();
+  AllowDependentLaunch();
 #pragma unroll
   for (int s = 0; s < L::kStages - 1; ++s) {
     if (u0 + s < u1) issue(s);
     CpAsyncCommit();
   }
-  FillPairTable<256>(mma_smem);  // (the first stages are in flight; visible after the loop's first barrier)
   int slot = 0, grp = u0 / sk.upp, left = (grp + 1) * sk.upp - u0;  // units of grp left
   for (int u = u0; u < u1; ++u) {
     CpAsyncWait<L::kStages - 2>();
@@ -1654,9 +1741,8 @@ cudaError_t LaunchNf4MmaKernel(const KernelArgs<__half, S>& g, void* workspace, 
     sk.total = static_cast<int>(total);
     sk.ctas = static_cast<int>(std::min<int64_t>(total, sm_count));  // one CTA per SM (WorkspaceBytes)
     unsigned* counters = reinterpret_cast<unsigned*>(static_cast<float*>(gemv_workspace) + SkPartialFloats(sm_count));
-    Nf4MmaKernel<S, NT, GP><<<static_cast<unsigned>(sk.ctas), kMmaWarps * 32, L::kSmem, stream>>>(
-        g, sk, static_cast<float*>(workspace), counters);
-    return cudaGetLastError();
+    return LaunchKernel(Nf4MmaKernel<S, NT, GP>, dim3(static_cast<unsigned>(sk.ctas)), dim3(kMmaWarps * 32), L::kSmem,
+                        stream, g.pdl, g, sk, static_cast<float*>(workspace), counters);
   }
 }
 
@@ -1860,6 +1946,8 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
   g.p = MakeParams(call.p);
   g.scale2 = call.scale2;
   g.offset = call.offset;
+  g.pdl = call.pdl;
+  g.prefetch = call.prefetch_bytes >= 0 ? call.prefetch_bytes : plan.mma ? 0 : kDefaultPrefetchBytes;
   if (plan.dequant_gemm) return LaunchDequantGemm<Dec, T, S>(g, call, plan);
   if (plan.tensor_cores) {
     if constexpr (std::is_same_v<T, float>) {

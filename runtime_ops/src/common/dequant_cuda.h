@@ -44,7 +44,21 @@ struct CudaCall {
                   // 5 = the general GEMV (M <= 2), 6 / 7 = the float16 GEMVs' stream-K / per-panel kernel,
                   // 8 = NF4's register-decoding tensor-core kernel (M <= kMmaMaxRows)
   int mma_gp = 0;  // benchmarks: that kernel's panels per CTA group (0: planned)
+  // The GEMVs and the register-decoding tensor-core kernel as programmatic dependent launches
+  // (sm_90 on): they may start while the stream's previous kernel finishes, reading B and the
+  // scales before they wait for it. Set only when B and the scales (scale2, offset) are constant
+  // initializers of a device of compute capability 9 or more.
+  bool pdl = false;
+  // Bytes of its weights each CTA of those kernels prefetches into L2 when it starts (sm_90 on;
+  // -1: kDefaultPrefetchBytes for the GEMVs, none for the tensor-core kernel).
+  int64_t prefetch_bytes = -1;
 };
+
+// H100, kernel_bench (docs/benchmarks.md): 64 KiB per CTA takes 0.3-0.9 us off the GEMVs at M = 1
+// (4096x11008 NF4 16.2 -> 15.8 us, 11008x4096 15.4 -> 14.5), is neutral at M = 2 and slows the
+// tensor-core kernel (8192x28672 M = 16: 77.4 -> 80.6 us); a CTA's whole range slows them all
+// (L2 thrashing: 8192x28672 NF4 M = 1 52.1 -> 62.6 us).
+inline constexpr int64_t kDefaultPrefetchBytes = 64 * 1024;
 
 // How a call is run: which kernel and tile.
 struct CudaPlan {

@@ -56,7 +56,9 @@ inline cudaMemPool_t ChunkPool(int device) {
 // stream for the duration of the call (ChunkPool). Without cuBLAS (or without device memory for the
 // workspace) every M runs our own kernels. The environment variable
 // ONNX_COMPRESS_CUDA_CHUNK_BYTES (read when the session creates the kernel) sets the dequantized
-// bytes per chunk (tests use 1: one 32-channel panel per chunk).
+// bytes per chunk (tests use 1: one 32-channel panel per chunk); ONNX_COMPRESS_CUDA_PDL=0 launches
+// every kernel the ordinary way (CudaCall::pdl) and ONNX_COMPRESS_CUDA_PREFETCH_BYTES sets the
+// GEMVs' L2 prefetch per CTA (CudaCall::prefetch_bytes; benchmarks).
 // The stream-K GEMV's workspace (partial sums and per-panel counters, which every launch leaves at
 // 0) is allocated and zeroed once per stream: ORT runs concurrent Run() calls on different streams.
 //
@@ -65,9 +67,12 @@ inline cudaMemPool_t ChunkPool(int device) {
 template <typename Format, ONNXTensorElementDataType kType>
 class DequantMatMulCudaKernel {
  public:
-  explicit DequantMatMulCudaKernel(const OrtKernelInfo* info) : p_(Format::Params(Ort::ConstKernelInfo(info))) {
+  explicit DequantMatMulCudaKernel(const OrtKernelInfo* info)
+      : p_(Format::Params(Ort::ConstKernelInfo(info))), constant_weights_(ConstantWeights(Ort::ConstKernelInfo(info))) {
     if (const char* v = std::getenv("ONNX_COMPRESS_CUDA_CHUNK_BYTES"))
       chunk_bytes_ = std::max<int64_t>(1, std::atoll(v));
+    if (const char* v = std::getenv("ONNX_COMPRESS_CUDA_PDL")) pdl_env_ = std::atoi(v) != 0;
+    if (const char* v = std::getenv("ONNX_COMPRESS_CUDA_PREFETCH_BYTES")) prefetch_bytes_ = std::max<int64_t>(-1, std::atoll(v));
   }
   ~DequantMatMulCudaKernel() {
     if (blas_handle_ != nullptr) CublasApi::Get()->destroy(blas_handle_);
@@ -94,8 +99,10 @@ class DequantMatMulCudaKernel {
     if (m == 0) return;
 
     const int device = a.GetTensorMemoryInfo().GetDeviceId();
-    if (sm_count_ == 0) CheckCuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device),
-                                  "cudaDeviceGetAttribute");
+    if (sm_count_ == 0) {
+      CheckCuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+      CheckCuda(cudaDeviceGetAttribute(&cc_major_, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    }
     CudaCall call;
     call.a = a.GetTensorRawData();
     call.m = m;
@@ -116,6 +123,8 @@ class DequantMatMulCudaKernel {
     call.sm_count = sm_count_;
     call.blas = CublasApi::Get();
     call.chunk_bytes = chunk_bytes_;
+    call.pdl = constant_weights_ && pdl_env_ && cc_major_ >= 9;
+    call.prefetch_bytes = prefetch_bytes_;
     CudaPlan plan = Format::Plan(call);
     if (plan.stream_k) call.gemv_workspace = GemvWorkspace(call.stream, GemvWorkspaceBytes(call, plan));
     if (plan.mma) {  // partial sums of the groups CTAs share: stream-ordered, from the pool
@@ -171,7 +180,28 @@ class DequantMatMulCudaKernel {
     return ptr;
   }
 
+  // B and its scales (with double quantization also scale2 and offset) are constant initializers:
+  // the kernels may read them before the stream's previous kernel has finished (CudaCall::pdl).
+  static bool ConstantWeights(const Ort::ConstKernelInfo& info) {
+    const size_t inputs = info.GetInputCount();
+    for (const size_t i : {size_t{1}, size_t{2}, size_t{4}, size_t{5}}) {
+      if (i >= inputs) break;
+      int is_constant = 0;
+      try {
+        (void)info.GetTensorConstantInput(i, &is_constant);
+      } catch (const Ort::Exception&) {
+        return false;
+      }
+      if (is_constant == 0) return false;
+    }
+    return true;
+  }
+
   DequantParams p_;
+  bool constant_weights_ = false;
+  bool pdl_env_ = true;                // ONNX_COMPRESS_CUDA_PDL=0: never a programmatic launch
+  int64_t prefetch_bytes_ = -1;        // ONNX_COMPRESS_CUDA_PREFETCH_BYTES (-1: the library's default)
+  int cc_major_ = 0;
   int sm_count_ = 0;
   int64_t chunk_bytes_ = CudaCall().chunk_bytes;
   std::mutex blas_mu_;

@@ -346,6 +346,73 @@ def test_int8_float16_gemv_stream_k_on_cuda(k: int, n: int, block: int) -> None:
             assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], (m, scale_dtype)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+@pytest.mark.parametrize("b_input", [False, True])
+def test_chained_layers_on_cuda(b_input: bool) -> None:
+    """Four layers in a chain (NF4 4104 -> 4321, Int8 4321 -> 4104, twice), each layer's A the
+    previous layer's Y: on sm_90 the GEMVs and the register-decoding tensor-core kernel start
+    while the previous kernel finishes (programmatic dependent launch) and must read A and write
+    Y only after it is complete. Every layer's output is a graph output, poisoned before the run
+    and checked against the reference applied to the previous layer's actual output (each
+    kernel's own error: the float16 tolerance). M = 1, 2 (GEMVs), 5, 16 (tensor cores for NF4,
+    the Int8 tensor-core kernel). With ``b_input`` the first layer's B is a graph input, not a
+    constant: the library then launches that layer's kernels the ordinary way."""
+    k, n = 4104, 4321
+    rng = np.random.default_rng(51)
+
+    def layer(op: str, lk: int, ln: int, block: int, seed: int) -> tuple:
+        """Weights scaled by 1 / sqrt(K) (through the scales): outputs stay of the inputs' size
+        along the chain, far from float16's range."""
+        b, s, _ = make_weights(op, lk, ln, block, np.float16, seed)
+        s = (s.astype(np.float32) / np.sqrt(lk)).astype(np.float16)
+        weight = nf4matmul_weight if op == "NF4MatMul" else int8matmul_weight
+        return op, lk, ln, block, b, s, weight(b, s, lk, ln, block).astype(np.float64)
+
+    layers = [
+        layer("NF4MatMul", k, n, 32, 52),
+        layer("Int8MatMul", n, k, 0, 53),
+        layer("NF4MatMul", k, n, 64, 54),
+        layer("Int8MatMul", n, k, 64, 55),
+    ]
+    nodes, inits, outputs = [], [], []
+    graph_inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT16, ["M", k])]
+    for i, (op, lk, ln, block, b, s, _) in enumerate(layers):
+        inits.append(numpy_helper.from_array(s, f"s{i}"))
+        if b_input and i == 0:
+            graph_inputs.append(helper.make_tensor_value_info("B0", TensorProto.UINT8, list(b.shape)))
+        else:
+            inits.append(numpy_helper.from_array(b, f"B{i}"))
+        x = "A" if i == 0 else f"Y{i - 1}"
+        attrs = {"K": lk, "N": ln, "block_size": block}
+        nodes.append(helper.make_node(op, [x, f"B{i}", f"s{i}"], [f"Y{i}"], domain="onnx_compress", **attrs))
+        outputs.append(helper.make_tensor_value_info(f"Y{i}", TensorProto.FLOAT16, ["M", ln]))
+    graph = helper.make_graph(nodes, "chain", graph_inputs, outputs, inits)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("onnx_compress", 1)]
+    )
+    model.ir_version = 10
+    sess = session(model, "cuda")
+    for m in (1, 2, 5, 16, 1):  # fresh inputs, every output poisoned each time
+        a = rng.standard_normal((m, k)).astype(np.float16)
+        binding = sess.io_binding()
+        keep = [ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)]
+        binding.bind_ortvalue_input("A", keep[0])
+        if b_input:
+            keep.append(ort.OrtValue.ortvalue_from_numpy(layers[0][4], "cuda", 0))
+            binding.bind_ortvalue_input("B0", keep[-1])
+        for i, (_, _, ln, *_rest) in enumerate(layers):
+            keep.append(ort.OrtValue.ortvalue_from_numpy(np.full((m, ln), np.nan, np.float16), "cuda", 0))
+            binding.bind_ortvalue_output(f"Y{i}", keep[-1])
+        sess.run_with_iobinding(binding)
+        x = a
+        for i, (op, _, _, _, _, _, w) in enumerate(layers):
+            y = keep[-len(layers) + i].numpy().copy()
+            assert np.isfinite(y).all(), (m, i)
+            assert rel(y, x.astype(np.float64) @ w) < TOL["kernel_float16"], (m, i, op)
+            x = y
+
+
 def test_reference_evaluator_agrees_with_numerics() -> None:
     for op, k, n, block in CASES[:2] + CASES[4:5]:
         b, s, w = make_weights(op, k, n, block, np.float32, 1)
