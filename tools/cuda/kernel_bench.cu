@@ -40,15 +40,8 @@
 #include <vector>
 
 #include "common/dequant_cuda.cuh"
+#include "bench_common.cuh"
 
-#define CK(x)                                                                                     \
-  do {                                                                                            \
-    cudaError_t e_ = (x);                                                                         \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));     \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
 #define CB(x)                                                                                     \
   do {                                                                                            \
     cublasStatus_t s_ = (x);                                                                      \
@@ -112,28 +105,6 @@ __global__ void FillDq(float* scale2, int64_t n, float* offset, uint64_t seed) {
 __global__ void DecodeDq(const int8_t* codes, const float* scale2, const float* offset, int64_t n, float* absmax) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     absmax[i] = float(codes[i]) * scale2[i / 256] + *offset;
-}
-
-template <typename F>
-float MedianUs(F&& fn, int iters, cudaStream_t stream) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) fn(i);
-  std::vector<float> t;
-  for (int r = 0; r < 7; ++r) {
-    CK(cudaEventRecord(a, stream));
-    for (int i = 0; i < iters; ++i) fn(i);
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000.0f / iters);
-  }
-  std::sort(t.begin(), t.end());
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
-  return t[t.size() / 2];
 }
 
 // "1,8,16" -> {1, 8, 16} (nullptr: none)

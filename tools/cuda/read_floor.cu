@@ -18,14 +18,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e_ = (x);                                                                      \
-    if (e_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));  \
-      std::exit(1);                                                                            \
-    }                                                                                          \
-  } while (0)
+#include "bench_common.cuh"
 
 __global__ void EmptyKernel(unsigned* sink) {
   if (threadIdx.x == 1023) sink[blockIdx.x] = 0;  // never true (fewer threads): keeps the launch
@@ -130,30 +123,6 @@ __global__ void __launch_bounds__((kConsumerWarps + 1) * 32, 1)
 #endif
 }
 
-template <typename F>
-float MedianUs(F&& fn, int iters) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) fn(i);
-  CK(cudaGetLastError());
-  std::vector<float> t;
-  for (int r = 0; r < 7; ++r) {
-    CK(cudaEventRecord(a));
-    for (int i = 0; i < iters; ++i) fn(i);
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms * 1000.0f / iters);
-  }
-  CK(cudaGetLastError());
-  std::sort(t.begin(), t.end());
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
-  return t[t.size() / 2];
-}
-
 int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -167,7 +136,7 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&sink, 4096 * sizeof(unsigned)));
   std::printf("%s, %d SMs\n", prop.name, sms);
   std::printf("empty kernel (%d CTAs of 512 threads), back to back: %.2f us\n", sms,
-              MedianUs([&](int) { EmptyKernel<<<sms, 512>>>(sink); }, 200));
+              MedianUs([&](int) { EmptyKernel<<<sms, 512>>>(sink); }, 200, nullptr));
   CK(cudaFuncSetAttribute(BulkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
   for (const double mb : sizes_mb) {
     const int64_t bytes = static_cast<int64_t>(mb * 1e6) / 16 * 16;
@@ -184,9 +153,9 @@ int main(int argc, char** argv) {
     for (const int per_sm : {1, 2, 4}) {
       char what[64];
       std::snprintf(what, sizeof what, "ldg x4, %d CTA/SM", per_sm);
-      report(what, MedianUs([&](int i) { LdgKernel<4><<<sms * per_sm, 512>>>(reinterpret_cast<const uint4*>(bufs[i % kCopies]), bytes / 16, sink); }, 50));
+      report(what, MedianUs([&](int i) { LdgKernel<4><<<sms * per_sm, 512>>>(reinterpret_cast<const uint4*>(bufs[i % kCopies]), bytes / 16, sink); }, 50, nullptr));
       std::snprintf(what, sizeof what, "ldg x8, %d CTA/SM", per_sm);
-      report(what, MedianUs([&](int i) { LdgKernel<8><<<sms * per_sm, 512>>>(reinterpret_cast<const uint4*>(bufs[i % kCopies]), bytes / 16, sink); }, 50));
+      report(what, MedianUs([&](int i) { LdgKernel<8><<<sms * per_sm, 512>>>(reinterpret_cast<const uint4*>(bufs[i % kCopies]), bytes / 16, sink); }, 50, nullptr));
     }
     for (const int chunk : {4096, 8192, 16384}) {
       for (const int stages : {4, 8}) {
@@ -194,7 +163,7 @@ int main(int argc, char** argv) {
         char what[64];
         std::snprintf(what, sizeof what, "bulk %2d x %5d B", stages, chunk);
         const size_t smem = size_t(chunk) * stages + 16 * stages;
-        report(what, MedianUs([&](int i) { BulkKernel<<<sms, (kConsumerWarps + 1) * 32, smem>>>(bufs[i % kCopies], bytes, stages, chunk, sink); }, 50));
+        report(what, MedianUs([&](int i) { BulkKernel<<<sms, (kConsumerWarps + 1) * 32, smem>>>(bufs[i % kCopies], bytes, stages, chunk, sink); }, 50, nullptr));
       }
     }
     for (auto* b : bufs) CK(cudaFree(b));
