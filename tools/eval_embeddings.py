@@ -124,13 +124,16 @@ def sentence_embeddings(path: Path, ids: np.ndarray, mask: np.ndarray, accuracy_
 
 
 def fake_quantize(label: str, w: np.ndarray) -> np.ndarray:
-    """W [K, N] quantized and dequantized as the 4-bit configuration ``label`` stores it."""
-    if label == "nf4/block64":
-        codes, absmax = nf4.quantize_kn(w, 64)
-        return nf4.dequantize_kn(codes, absmax, 64).astype(np.float32)
-    if label == "int4/block128":
-        return int4.dequantize(int4.quantize(w, 128))
-    raise SystemExit(f"--per-layer takes the 4-bit configurations nf4/block64 and int4/block128, got {label}")
+    """W [K, N] quantized and dequantized as the 4-bit configuration ``label`` (CONFIGS) stores it."""
+    step = CONFIGS[label]
+    block = step.block_size
+    assert block is not None  # filled in by QuantizeWeights
+    if step.scheme is WeightScheme.NF4:
+        codes, absmax = nf4.quantize_kn(w, block)
+        return nf4.dequantize_kn(codes, absmax, block).astype(np.float32)
+    if step.scheme is WeightScheme.INT4:
+        return int4.dequantize(int4.quantize(w, block, step.symmetric))
+    raise SystemExit(f"--per-layer takes the 4-bit configurations, got {label}")
 
 
 def per_layer(src: Path, label: str, ids: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> None:
@@ -139,6 +142,7 @@ def per_layer(src: Path, label: str, ids: np.ndarray, mask: np.ndarray, ref: np.
     inits = {i.name: i for i in model.graph.initializer}
     weights = [(n.name, n.input[1]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
     orig = {name: onnx.numpy_helper.to_array(inits[name]).copy() for _, name in weights}
+    quantized = {name: fake_quantize(label, w) for name, w in orig.items()}
 
     def cosine() -> np.ndarray:
         with tempfile.TemporaryDirectory() as tmp:
@@ -154,14 +158,14 @@ def per_layer(src: Path, label: str, ids: np.ndarray, mask: np.ndarray, ref: np.
     print("|---|---|---|---|")
     total = 0.0
     for node, name in weights:
-        put(name, fake_quantize(label, orig[name]))
+        put(name, quantized[name])
         cos = cosine()
         put(name, orig[name])
         total += 1.0 - float(cos.mean())
         k, n = orig[name].shape
         print(f"| {node} | {k} x {n} | {cos.mean():.5f} / {cos.min():.5f} | {1 - cos.mean():.5f} |", flush=True)
     for _, name in weights:
-        put(name, fake_quantize(label, orig[name]))
+        put(name, quantized[name])
     cos = cosine()
     print(f"| all {len(weights)} weights | | {cos.mean():.5f} / {cos.min():.5f} | {1 - cos.mean():.5f} |")
     print(f"\nsum of the single-weight losses: {total:.5f}; the joint loss: {1 - cos.mean():.5f}\n")
