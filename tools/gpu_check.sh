@@ -24,7 +24,7 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
     build=/tmp/oco-build
     {
-      cmake -S runtime_ops -B "$build" -DCMAKE_BUILD_TYPE=Release -DOCO_CUDA=ON -DOCO_CUDA_ARCHS="80;90" \
+      cmake -S runtime_ops -B "$build" -DCMAKE_BUILD_TYPE=Release -DOCO_CUDA=ON \
             -DORT_INCLUDE_DIR="$PWD/.gpu/ort-include" &&
       cmake --build "$build" -j "$(nproc)" &&
       cmake --install "$build"

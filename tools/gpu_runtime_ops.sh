@@ -24,7 +24,7 @@ if [ -z "${SKIP_KERNEL_BENCH:-}" ]; then
 fi
 build=/tmp/oco-build
 {
-  cmake -S runtime_ops -B "$build" -DCMAKE_BUILD_TYPE=Release -DOCO_CUDA=ON -DOCO_CUDA_ARCHS="80;90" \
+  cmake -S runtime_ops -B "$build" -DCMAKE_BUILD_TYPE=Release -DOCO_CUDA=ON \
         -DORT_INCLUDE_DIR="$inc" &&
   cmake --build "$build" -j "$(nproc)" &&
   cmake --install "$build"

@@ -2,7 +2,7 @@
 // the kernels of runtime_ops/src/common/dequant_cuda.cuh against cuBLAS fp16 GEMM (the anchor
 // ORT's fp16 MatMul uses), on the GPU machine, in one call:
 //
-//   nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -I runtime_ops/src -I <ORT headers> \
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I runtime_ops/src -I <ORT headers> \
 //        tools/cuda/kernel_bench.cu -lcublas -o /tmp/kernel_bench && /tmp/kernel_bench
 //
 // "nf4dq" runs NF4 with a double-quantized absmax (int8 codes + one float scale per 256 + an
@@ -18,6 +18,9 @@
 // NF4 also runs the register-decoding tensor-core kernel forced ("mma", M <= 32; at 3-32 rows it
 // is the planned kernel too, so the line repeats), its panels per group planned or, with
 // MMAGP="2,4,8", each of these (its "bm=" column shows them).
+// WGBN="0,128" adds NF4's wgmma kernel forced (force 9; sm_90a: compile for it as above) with
+// these rows of A per CTA (0: planned; the "bm=" column). The planned paths ("ours") take it
+// where the library would (compute capability 9.0, M from kMmaMaxRows + 1 to kWgMaxRows).
 // MS="1,8,16" and SHAPES="4096x4096,1000x999" (K x N) replace the default M and shapes.
 // LAUNCH="1:-1 0:0" runs each path once per pair pdl:prefetch (CudaCall::pdl, ::prefetch_bytes;
 // "all" = the whole range of each CTA); default "1:-1" (programmatic launches, the library's
@@ -126,6 +129,10 @@ template <class Dec>
 void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream, int sms, float copy_bw,
          std::vector<Shape> shapes, std::vector<int> ms, bool dq = false) {
   constexpr int kCopies = 4;  // weights of 4 layers: beyond L2
+  int cc_major = 0, cc_minor = 0;
+  CK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
+  CK(cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, 0));
+  const int cc = 10 * cc_major + cc_minor;
   for (const Shape& sh : shapes) {
     DequantParams p = DequantParams::Make(sh.k, sh.n, block);
     const int64_t b_bytes = p.panels * p.k_pad * Dec::kBytesPerK, s_elems = p.panels * p.blocks * 32;
@@ -175,6 +182,9 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       const char* gps = std::getenv("MMAGP");
       if (gps == nullptr) paths.push_back({8, 0});
       for (const long long gp : CsvInts(gps)) paths.push_back({8, gp});
+    }
+    if (std::is_same_v<Dec, oco::cuda::Nf4Decoder>) {  // WGBN="128,256": the wgmma kernel (sm_90a) with these rows per CTA
+      for (const long long bn : CsvInts(std::getenv("WGBN"))) paths.push_back({9, bn});
     }
     if (std::getenv("OLDGEMV")) {  // the general GEMV, the stream-K and the per-panel float16 GEMV forced
       paths.push_back({5, 0});
@@ -228,10 +238,11 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       call.stream = stream;
       call.sm_count = sms;
       call.force = force;
+      call.wgmma = cc == 90;
       call.blas = oco::CublasApi::Get();
       call.blas_handle = handle;
       call.chunk_bytes = chunk_mb << 20;
-      if (force == 8) call.mma_gp = static_cast<int>(chunk_mb);
+      if (force == 8 || force == 9) call.mma_gp = static_cast<int>(chunk_mb);
       call.pdl = pdl;
       call.prefetch_bytes = prefetch;
       const CudaPlan plan = oco::cuda::Plan<Dec>(call);
@@ -275,7 +286,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
                         CUBLAS_GEMM_DEFAULT));
       };
       const float t_fp16 = MedianUs(cublas, 20, stream);
-      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvs" : force == 7 ? "gemvf" : plan.mma ? "mma" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
+      const char* kernel = force == 3 ? "dq" : force == 4 ? "gemm" : force == 5 ? "gemv0" : force == 6 ? "gemvs" : force == 7 ? "gemvf" : plan.wgmma ? "wgmma" : plan.mma ? "mma" : plan.dequant_gemm ? "dqgemm" : plan.tensor_cores ? "tc" : "gemv";
       if (call.workspace) CK(cudaFree(call.workspace));
       if (call.gemv_workspace) CK(cudaFree(call.gemv_workspace));
       char pf[32];

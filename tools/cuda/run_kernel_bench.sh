@@ -4,7 +4,7 @@
 set -uo pipefail
 out=${OUT:-/tmp/oco-out}
 mkdir -p "$out"
-nvcc -O3 -std=c++17 -lineinfo -gencode arch=compute_90,code=sm_90 -I runtime_ops/src -I .gpu/ort-include \
+nvcc -O3 -std=c++17 -lineinfo -gencode arch=compute_90a,code=sm_90a -I runtime_ops/src -I .gpu/ort-include \
   tools/cuda/kernel_bench.cu -lcublas -o /tmp/kernel_bench || exit 1
 /tmp/kernel_bench | tee "$out/kernel_bench.log"
 if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then

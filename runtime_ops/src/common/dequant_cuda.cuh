@@ -14,6 +14,10 @@
 // * Nf4MmaKernel: NF4 with float16 A, M from kMmaMinRows to kMmaMaxRows (K % 8 == 0): tensor
 //   cores fed from registers, the codes looked up and scaled straight into mma.sync's operands
 //   (no shared fp16 tile), stream-K over groups of panels (see there).
+// * Nf4WgmmaKernel (nf4_wgmma.cuh): NF4 with float16 A, M from kMmaMaxRows + 1 to kWgMaxRows
+//   (K % 8 == 0) on compute capability 9.0 with the sm_90a build (CudaCall::wgmma): wgmma with
+//   the weights decoded into its register operand, A's rows in swizzled shared memory, K split
+//   among CTAs when the tiles alone leave SMs idle.
 // * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (for NF4
 //   float16 only above kMmaMaxRows or with K % 8 != 0, where it takes 5 on) to
 //   kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
@@ -727,6 +731,14 @@ CudaPlan Plan(const CudaCall& call) {
     // tensor-core kernel (force 8 at any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
     const bool mma_ok = call.type == DType::kHalf && call.m >= 1 && call.m <= kMmaMaxRows && p.K % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
+    const bool wg_ok = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
+    const bool wg_planned = call.force <= 1 && call.wgmma && call.m > kMmaMaxRows && call.m <= kWgMaxRows;
+    if (wg_ok && (call.force == 9 || wg_planned)) {
+      plan.wgmma = true;
+      plan.bm = call.mma_gp != 0 ? call.mma_gp : call.m <= 64 ? 64 : call.m <= 128 ? 128 : 256;
+      plan.stream_k = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count).splits > 1;  // counters
+      return plan;
+    }
     if (mma_ok && (call.force == 8 || (call.force <= 1 && call.m >= kMmaMinRows))) {
       plan.mma = true;
       plan.stream_k = true;
@@ -1773,6 +1785,8 @@ cudaError_t LaunchNf4Mma(const KernelArgs<__half, S>& g, const CudaPlan& plan, v
   }
 }
 
+#include "common/nf4_wgmma.cuh"
+
 // ---- large M: dequantize chunks of B, then cuBLAS ----------------------------------------------
 // Our tensor-core kernel loses to this from M = 64 on (docs/benchmarks.md); there the weights
 // of chunk_panels panels are dequantized into the workspace (row-major [K][chunk_panels * 32],
@@ -1966,6 +1980,8 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
     if (plan.half_gemv) return LaunchInt8GemvHalf<S>(g, call.sm_count, call.gemv_workspace, call.stream);
   }
   if constexpr (std::is_same_v<Dec, Nf4Decoder> && std::is_same_v<T, __half>) {
+    if (plan.wgmma)
+      return LaunchNf4Wgmma<S>(g, plan.bm, call.sm_count, call.workspace, call.gemv_workspace, call.stream);
     if (plan.mma) return LaunchNf4Mma<S>(g, plan, call.workspace, call.gemv_workspace, call.sm_count, call.stream);
     if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, plan.stream_k, call.sm_count, call.gemv_workspace, call.stream);  // 5: benchmarks, the general GEMV
   }

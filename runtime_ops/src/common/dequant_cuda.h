@@ -42,7 +42,10 @@ struct CudaCall {
   int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
                   // 5 = the general GEMV (M <= 2), 6 / 7 = the float16 GEMVs' stream-K / per-panel kernel,
-                  // 8 = NF4's register-decoding tensor-core kernel (M <= kMmaMaxRows)
+                  // 8 = NF4's register-decoding tensor-core kernel (M <= kMmaMaxRows), 9 = NF4's
+                  // wgmma kernel (sm_90a; mma_gp: its rows of A per CTA, 0 = planned)
+  // The device (compute capability 9.0) and the build (sm_90a code) run NF4's wgmma kernel.
+  bool wgmma = false;
   int mma_gp = 0;  // benchmarks: that kernel's panels per CTA group (0: planned)
   // The GEMVs and the register-decoding tensor-core kernel as programmatic dependent launches
   // (sm_90 on): they may start while the stream's previous kernel finishes, reading B and the
@@ -72,6 +75,7 @@ struct CudaPlan {
                               // too: counters in gemv_workspace, partial sums in workspace)
   int nt = 0;                 // ... its tiles of 8 rows of A (M <= 8 * nt)
   int gp = 0;                 // ... its panels per CTA group (2, 4 or 8; MmaGroupPanels)
+  bool wgmma = false;         // NF4, float16 A, sm_90a: wgmma fed from registers (bm: rows of A per CTA)
   int64_t chunk_panels = 0;
 };
 
@@ -99,9 +103,50 @@ inline int MmaGroupPanels(const CudaCall& call, int nt) {
   return gp;
 }
 
+// NF4's wgmma kernel (sm_90a, nf4_wgmma.cuh): CTAs of kWgThreads threads, kWgPanels panels x
+// CudaPlan::bm rows of A each, K in stages of kWgK rows.
+inline constexpr int kWgThreads = 256;
+inline constexpr int kWgPanels = 4;
+inline constexpr int kWgK = 64;
+// Tiles of the grid (4 panels x bn rows each) and splits of K that fill the SMs: the fewest
+// splits (at most 4, each at least 4 stages) whose waves are at least 90% full, else the fullest.
+struct WgGrid {
+  int64_t tiles_x = 0, tiles_y = 0;
+  int splits = 1;
+};
+inline WgGrid PlanWgGrid(int64_t panels, int64_t m, int64_t K, int bn, int sm_count) {
+  WgGrid w;
+  w.tiles_x = (panels + kWgPanels - 1) / kWgPanels;
+  w.tiles_y = (m + bn - 1) / bn;
+  const int64_t tiles = w.tiles_x * w.tiles_y, stages = (K + kWgK - 1) / kWgK;
+  double best = 0.0;
+  for (int s = 1; s <= 4 && (s == 1 || stages / s >= 4); ++s) {
+    // Only below one wave (the partial sums' traffic grows with the tiles); counters: one per tile,
+    // `panels` of them.
+    if (s > 1 && (tiles >= sm_count || tiles > panels)) break;
+    const int64_t ctas = tiles * s, waves = (ctas + sm_count - 1) / sm_count;
+    const double fill = static_cast<double>(ctas) / static_cast<double>(waves * sm_count);
+    if (fill > best + 1e-9) {
+      best = fill;
+      w.splits = s;
+    }
+    if (fill >= 0.9) break;
+  }
+  return w;
+}
+inline size_t WgPartialBytes(const WgGrid& w, int bn) {
+  return w.splits > 1 ? static_cast<size_t>(w.tiles_x * w.tiles_y) * w.splits * (bn / 2) * kWgThreads * 4 : 0;
+}
+
+// Rows of A up to which NF4 with float16 A takes the wgmma kernel where it can (above
+// kMmaMaxRows); dequantize + cuBLAS beyond (H100, kernel_bench: 4096x11008 M = 256 84.5 against
+// 93.0 us, M = 384 112.2 against 101.2 us).
+inline constexpr int64_t kWgMaxRows = 256;
+
 // Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes or is `mma`).
 inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
   if (plan.mma) return static_cast<size_t>(call.sm_count) * 2 * call.m * plan.gp * 32 * 4;
+  if (plan.wgmma) return WgPartialBytes(PlanWgGrid(call.p.panels, call.m, call.p.K, plan.bm, call.sm_count), plan.bm);
   return plan.dequant_gemm ? static_cast<size_t>(plan.chunk_panels) * 32 * call.p.K * ElementBytes(call.type) : 0;
 }
 

@@ -58,7 +58,8 @@ inline cudaMemPool_t ChunkPool(int device) {
 // ONNX_COMPRESS_CUDA_CHUNK_BYTES (read when the session creates the kernel) sets the dequantized
 // bytes per chunk (tests use 1: one 32-channel panel per chunk); ONNX_COMPRESS_CUDA_PDL=0 launches
 // every kernel the ordinary way (CudaCall::pdl) and ONNX_COMPRESS_CUDA_PREFETCH_BYTES sets the
-// GEMVs' L2 prefetch per CTA (CudaCall::prefetch_bytes; benchmarks).
+// GEMVs' L2 prefetch per CTA (CudaCall::prefetch_bytes; benchmarks); ONNX_COMPRESS_CUDA_WGMMA=0
+// keeps NF4 off its wgmma kernel (CudaCall::wgmma: sm_90a builds on compute capability 9.0).
 // The stream-K GEMV's workspace (partial sums and per-panel counters, which every launch leaves at
 // 0) is allocated and zeroed once per stream: ORT runs concurrent Run() calls on different streams.
 //
@@ -73,6 +74,7 @@ class DequantMatMulCudaKernel {
       chunk_bytes_ = std::max<int64_t>(1, std::atoll(v));
     if (const char* v = std::getenv("ONNX_COMPRESS_CUDA_PDL")) pdl_env_ = std::atoi(v) != 0;
     if (const char* v = std::getenv("ONNX_COMPRESS_CUDA_PREFETCH_BYTES")) prefetch_bytes_ = std::max<int64_t>(-1, std::atoll(v));
+    if (const char* v = std::getenv("ONNX_COMPRESS_CUDA_WGMMA")) wgmma_env_ = std::atoi(v) != 0;
   }
   ~DequantMatMulCudaKernel() {
     if (blas_handle_ != nullptr) CublasApi::Get()->destroy(blas_handle_);
@@ -102,6 +104,7 @@ class DequantMatMulCudaKernel {
     if (sm_count_ == 0) {
       CheckCuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
       CheckCuda(cudaDeviceGetAttribute(&cc_major_, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+      CheckCuda(cudaDeviceGetAttribute(&cc_minor_, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
     }
     CudaCall call;
     call.a = a.GetTensorRawData();
@@ -125,10 +128,14 @@ class DequantMatMulCudaKernel {
     call.chunk_bytes = chunk_bytes_;
     call.pdl = constant_weights_ && pdl_env_ && cc_major_ >= 9;
     call.prefetch_bytes = prefetch_bytes_;
+#if defined(OCO_WGMMA)
+    call.wgmma = wgmma_env_ && cc_major_ == 9 && cc_minor_ == 0;  // sm_90a code runs on 9.0 only
+#endif
     CudaPlan plan = Format::Plan(call);
     if (plan.stream_k) call.gemv_workspace = GemvWorkspace(call.stream, GemvWorkspaceBytes(call, plan));
-    if (plan.mma) {  // partial sums of the groups CTAs share: stream-ordered, from the pool
-      CheckCuda(cudaMallocFromPoolAsync(&call.workspace, WorkspaceBytes(call, plan), ChunkPool(device), call.stream),
+    const size_t partial_bytes = plan.mma || plan.wgmma ? WorkspaceBytes(call, plan) : 0;
+    if (partial_bytes > 0) {  // partial sums of what CTAs share: stream-ordered, from the pool
+      CheckCuda(cudaMallocFromPoolAsync(&call.workspace, partial_bytes, ChunkPool(device), call.stream),
                 "cudaMallocFromPoolAsync (partial sums)");
       const cudaError_t err = Format::Launch(call, plan);
       const cudaError_t freed = cudaFreeAsync(call.workspace, call.stream);
@@ -201,7 +208,9 @@ class DequantMatMulCudaKernel {
   bool constant_weights_ = false;
   bool pdl_env_ = true;                // ONNX_COMPRESS_CUDA_PDL=0: never a programmatic launch
   int64_t prefetch_bytes_ = -1;        // ONNX_COMPRESS_CUDA_PREFETCH_BYTES (-1: the library's default)
+  bool wgmma_env_ = true;              // ONNX_COMPRESS_CUDA_WGMMA=0: never NF4's wgmma kernel
   int cc_major_ = 0;
+  int cc_minor_ = 0;
   int sm_count_ = 0;
   int64_t chunk_bytes_ = CudaCall().chunk_bytes;
   std::mutex blas_mu_;

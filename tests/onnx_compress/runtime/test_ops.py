@@ -296,6 +296,26 @@ def test_nf4_float16_gemv_stream_k_on_cuda(dq: bool, k: int, n: int) -> None:
             assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
 
 
+def check_nf4_float16_rows(scales: str, k: int, n: int, block: int, seed: int, ms: tuple[int, ...]) -> None:
+    """NF4MatMul on CUDA with float16 A and a bias, scales float16 / float32 / double-quantized
+    ("dq"): fresh inputs for each M of `ms` (repeats: the kernel's counters are left at 0), the
+    output poisoned each time, against the float64 reference on the dequantized weights."""
+    rng = np.random.default_rng(seed)
+    bias = rng.standard_normal(n).astype(np.float16)
+    if scales == "dq":
+        b, codes, scale2, off, w = make_dq_weights(k, n, block, seed + 1)
+        model = make_model("NF4MatMul", k, n, block, "float16", b, codes, bias, dq=(scale2, off))
+    else:
+        b, s, w = make_weights("NF4MatMul", k, n, block, np.dtype(scales).type, seed + 1)
+        model = make_model("NF4MatMul", k, n, block, "float16", b, s, bias)
+    sess = session(model, "cuda")
+    for m in ms:
+        a = rng.standard_normal((m, k)).astype(np.float16)
+        y = run_poisoned(sess, a, n, "cuda")
+        assert np.isfinite(y).all(), m
+        assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
 @pytest.mark.parametrize("scales", ["float16", "float32", "dq"])
@@ -310,20 +330,24 @@ def test_nf4_float16_register_decoding_mma_on_cuda(scales: str, k: int, n: int, 
     and the last CTA's sum are checked; K = 4104 leaves a short last unit (k_pad 4128), N a
     partial last panel and group. Tolerance: the kernel's fp16 weights (code x scale rounded to
     float16, as the dequantize + cuBLAS path) and fp16 output, as every float16 case."""
-    rng = np.random.default_rng(41)
-    bias = rng.standard_normal(n).astype(np.float16)
-    if scales == "dq":
-        b, codes, scale2, off, w = make_dq_weights(k, n, block, 42)
-        model = make_model("NF4MatMul", k, n, block, "float16", b, codes, bias, dq=(scale2, off))
-    else:
-        b, s, w = make_weights("NF4MatMul", k, n, block, np.dtype(scales).type, 42)
-        model = make_model("NF4MatMul", k, n, block, "float16", b, s, bias)
-    sess = session(model, "cuda")
-    for m in (3, 5, 8, 9, 16, 17, 31, 32, 3):  # fresh inputs, the output poisoned each time
-        a = rng.standard_normal((m, k)).astype(np.float16)
-        y = run_poisoned(sess, a, n, "cuda")
-        assert np.isfinite(y).all(), m
-        assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
+    check_nf4_float16_rows(scales, k, n, block, 41, (3, 5, 8, 9, 16, 17, 31, 32, 3))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+@pytest.mark.parametrize("scales", ["float16", "float32", "dq"])
+@pytest.mark.parametrize(("k", "n", "block"), [(4104, 4321, 32), (4104, 200, 64), (1032, 17000, 128)])
+def test_nf4_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> None:
+    """33-256 float16 rows, K a multiple of 8, take the NF4 wgmma kernel on a compute capability
+    9.0 device with the sm_90a build (runtime_ops/src/common/nf4_wgmma.cuh; elsewhere the same
+    rows go to the other kernels and this checks those): CTA tiles of 4 panels x 64 / 128 / 256
+    rows of A (33, 64: 64; 65, 128: 128; 129-256: 256, so 33, 65, 129 and 200 leave rows of a tile
+    unused), K in stages of 64 rows with K = 4104 / 1032 not a multiple of 64. N = 4321 and 200
+    leave a partial last panel and tile (odd N: the scalar stores), and N = 200 gives 2 tiles, so K
+    is split among CTAs (partial sums, per-tile counters: run twice, the last CTA's sum in split
+    order). Tolerance: the kernel's fp16 weights (code x scale rounded to float16) and fp16
+    output, as every float16 case."""
+    check_nf4_float16_rows(scales, k, n, block, 61, (33, 64, 65, 128, 129, 200, 256, 33))
 
 
 @pytest.mark.cuda
