@@ -380,7 +380,8 @@ def test_chained_layers_on_cuda(b_input: bool) -> None:
     Y only after it is complete. Every layer's output is a graph output, poisoned before the run
     and checked against the reference applied to the previous layer's actual output (each
     kernel's own error: the float16 tolerance). M = 1, 2 (GEMVs), 5, 16 (tensor cores for NF4,
-    the Int8 tensor-core kernel). With ``b_input`` the first layer's B is a graph input, not a
+    the Int8 tensor-core kernel), 40, 200 (NF4's wgmma kernel on sm_90a, Int8's tensor-core /
+    dequantize + cuBLAS paths). With ``b_input`` the first layer's B is a graph input, not a
     constant: the library then launches that layer's kernels the ordinary way."""
     k, n = 4104, 4321
     rng = np.random.default_rng(51)
@@ -417,7 +418,7 @@ def test_chained_layers_on_cuda(b_input: bool) -> None:
     )
     model.ir_version = 10
     sess = session(model, "cuda")
-    for m in (1, 2, 5, 16, 1):  # fresh inputs, every output poisoned each time
+    for m in (1, 2, 5, 16, 40, 200, 1):  # fresh inputs, every output poisoned each time
         a = rng.standard_normal((m, k)).astype(np.float16)
         binding = sess.io_binding()
         keep = [ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)]
