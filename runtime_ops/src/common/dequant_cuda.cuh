@@ -736,7 +736,8 @@ CudaPlan Plan(const CudaCall& call) {
     if (wg_ok && (call.force == 9 || wg_planned)) {
       plan.wgmma = true;
       plan.bm = call.mma_gp != 0 ? call.mma_gp : call.m <= 64 ? 64 : call.m <= 128 ? 128 : 256;
-      plan.stream_k = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count).splits > 1;  // counters
+      plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
+      plan.stream_k = plan.wg.splits > 1;  // its counters
       return plan;
     }
     if (mma_ok && (call.force == 8 || (call.force <= 1 && call.m >= kMmaMinRows))) {
@@ -1527,6 +1528,14 @@ __device__ __forceinline__ uint32_t MmaTableOffset(uint32_t w, uint32_t lane4) {
   return __byte_perm(w, lane4, which == 0 ? 0x5504u : 0x5514u);  // bytes: 4 lane, w's byte, 0, 0
 }
 
+// The lane's pair (half2 bits) of byte `which` of w in the table at shared address tab_base.
+template <int which>
+__device__ __forceinline__ uint32_t MmaPair(uint32_t tab_base, uint32_t w, uint32_t lane4) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(tab_base + MmaTableOffset<which>(w, lane4)));
+  return v;
+}
+
 __device__ __forceinline__ uint32_t Hmul2(uint32_t x, uint32_t y) {
   const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&x), *reinterpret_cast<const __half2*>(&y));
   return *reinterpret_cast<const uint32_t*>(&r);
@@ -1616,9 +1625,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
 #pragma unroll
       for (int rr = 0; rr < 4; ++rr) {
         const uint32_t w = *reinterpret_cast<const unsigned short*>(wp + 288 * s + 16 * rr);
-        uint32_t v0, v1;
-        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v0) : "r"(tab_base + MmaTableOffset<0>(w, lane4)));
-        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v1) : "r"(tab_base + MmaTableOffset<1>(w, lane4)));
+        const uint32_t v0 = MmaPair<0>(tab_base, w, lane4), v1 = MmaPair<1>(tab_base, w, lane4);
         l0[rr] = Hmul2(v0, sp0);
         l1[rr] = Hmul2(v1, sp1);
       }
@@ -1981,7 +1988,7 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
   }
   if constexpr (std::is_same_v<Dec, Nf4Decoder> && std::is_same_v<T, __half>) {
     if (plan.wgmma)
-      return LaunchNf4Wgmma<S>(g, plan.bm, call.sm_count, call.workspace, call.gemv_workspace, call.stream);
+      return LaunchNf4Wgmma<S>(g, plan.bm, plan.wg, call.sm_count, call.workspace, call.gemv_workspace, call.stream);
     if (plan.mma) return LaunchNf4Mma<S>(g, plan, call.workspace, call.gemv_workspace, call.sm_count, call.stream);
     if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, plan.stream_k, call.sm_count, call.gemv_workspace, call.stream);  // 5: benchmarks, the general GEMV
   }

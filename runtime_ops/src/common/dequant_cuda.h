@@ -63,6 +63,17 @@ struct CudaCall {
 // (L2 thrashing: 8192x28672 NF4 M = 1 52.1 -> 62.6 us).
 inline constexpr int64_t kDefaultPrefetchBytes = 64 * 1024;
 
+// NF4's wgmma kernel (sm_90a, nf4_wgmma.cuh): CTAs of kWgThreads threads, kWgPanels panels x
+// CudaPlan::bm rows of A each, K in stages of kWgK rows.
+inline constexpr int kWgThreads = 256;
+inline constexpr int kWgPanels = 4;
+inline constexpr int kWgK = 64;
+// Its grid: tiles of kWgPanels panels x bm rows (x, y) and splits of K (z).
+struct WgGrid {
+  int64_t tiles_x = 0, tiles_y = 0;
+  int splits = 1;
+};
+
 // How a call is run: which kernel and tile.
 struct CudaPlan {
   bool tensor_cores = false;
@@ -76,6 +87,7 @@ struct CudaPlan {
   int nt = 0;                 // ... its tiles of 8 rows of A (M <= 8 * nt)
   int gp = 0;                 // ... its panels per CTA group (2, 4 or 8; MmaGroupPanels)
   bool wgmma = false;         // NF4, float16 A, sm_90a: wgmma fed from registers (bm: rows of A per CTA)
+  WgGrid wg;                  // ... its tiles and splits of K (PlanWgGrid)
   int64_t chunk_panels = 0;
 };
 
@@ -103,17 +115,8 @@ inline int MmaGroupPanels(const CudaCall& call, int nt) {
   return gp;
 }
 
-// NF4's wgmma kernel (sm_90a, nf4_wgmma.cuh): CTAs of kWgThreads threads, kWgPanels panels x
-// CudaPlan::bm rows of A each, K in stages of kWgK rows.
-inline constexpr int kWgThreads = 256;
-inline constexpr int kWgPanels = 4;
-inline constexpr int kWgK = 64;
-// Tiles of the grid (4 panels x bn rows each) and splits of K that fill the SMs: the fewest
+// The wgmma kernel's tiles for bn rows each and the splits of K that fill the SMs: the fewest
 // splits (at most 4, each at least 4 stages) whose waves are at least 90% full, else the fullest.
-struct WgGrid {
-  int64_t tiles_x = 0, tiles_y = 0;
-  int splits = 1;
-};
 inline WgGrid PlanWgGrid(int64_t panels, int64_t m, int64_t K, int bn, int sm_count) {
   WgGrid w;
   w.tiles_x = (panels + kWgPanels - 1) / kWgPanels;
@@ -143,10 +146,11 @@ inline size_t WgPartialBytes(const WgGrid& w, int bn) {
 // 93.0 us, M = 384 112.2 against 101.2 us).
 inline constexpr int64_t kWgMaxRows = 256;
 
-// Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes or is `mma`).
+// Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes, is `mma`, or
+// is `wgmma` with K split).
 inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
   if (plan.mma) return static_cast<size_t>(call.sm_count) * 2 * call.m * plan.gp * 32 * 4;
-  if (plan.wgmma) return WgPartialBytes(PlanWgGrid(call.p.panels, call.m, call.p.K, plan.bm, call.sm_count), plan.bm);
+  if (plan.wgmma) return WgPartialBytes(plan.wg, plan.bm);
   return plan.dequant_gemm ? static_cast<size_t>(plan.chunk_panels) * 32 * call.p.K * ElementBytes(call.type) : 0;
 }
 

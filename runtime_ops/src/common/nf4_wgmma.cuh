@@ -203,8 +203,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       for (int rr = 0; rr < 4; ++rr) {
         const int row = 16 * s + 2 * lc + (rr & 1) + 8 * (rr >> 1);
         const uint32_t w = *reinterpret_cast<const unsigned short*>(wp + row * 16);
-        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v0[rr]) : "r"(tab_base + MmaTableOffset<0>(w, lane4)));
-        asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v1[rr]) : "r"(tab_base + MmaTableOffset<1>(w, lane4)));
+        v0[rr] = MmaPair<0>(tab_base, w, lane4);
+        v1[rr] = MmaPair<1>(tab_base, w, lane4);
       }
       uint32_t(&a)[4] = frag[set][s];
       a[0] = Hmul2(__byte_perm(v0[0], v0[1], sel), sc0);
@@ -286,9 +286,8 @@ cudaError_t LaunchNf4WgmmaBn(const KernelArgs<__half, S>& g, const WgGrid& w, fl
 }
 
 template <typename S>
-cudaError_t LaunchNf4Wgmma(const KernelArgs<__half, S>& g, int bn, int sm_count, void* workspace,
+cudaError_t LaunchNf4Wgmma(const KernelArgs<__half, S>& g, int bn, const WgGrid& w, int sm_count, void* workspace,
                            void* gemv_workspace, cudaStream_t stream) {
-  const WgGrid w = PlanWgGrid(g.p.panels, g.m, g.p.K, bn, sm_count);
   float* partials = static_cast<float*>(workspace);
   unsigned* counters =
       gemv_workspace ? reinterpret_cast<unsigned*>(static_cast<float*>(gemv_workspace) + SkPartialFloats(sm_count))
