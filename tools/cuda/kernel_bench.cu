@@ -20,7 +20,7 @@
 // MMAGP="2,4,8", each of these (its "bm=" column shows them).
 // WGBN="0,128" adds NF4's wgmma kernel forced (force 9; sm_90a: compile for it as above) with
 // these rows of A per CTA (0: planned; the "bm=" column). The planned paths ("ours") take it
-// where the library would (compute capability 9.0, M from kMmaMaxRows + 1 to kWgMaxRows).
+// where the library would (compute capability 9.0, M above kMmaMaxRows).
 // MS="1,8,16" and SHAPES="4096x4096,1000x999" (K x N) replace the default M and shapes.
 // LAUNCH="1:-1 0:0" runs each path once per pair pdl:prefetch (CudaCall::pdl, ::prefetch_bytes;
 // "all" = the whole range of each CTA); default "1:-1" (programmatic launches, the library's
@@ -160,7 +160,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       CK(cudaMalloc(&w, p.K * p.N * 2));
       FillHalf<<<1024, 256, 0, stream>>>(w, p.K * p.N, 7, 0.02f);
     }
-    const int64_t max_m = 1024;
+    const int64_t max_m = std::max<int64_t>(1024, *std::max_element(ms.begin(), ms.end()));  // A, Y: the largest M
     CK(cudaMalloc(&a, max_m * p.K * 2));
     CK(cudaMalloc(&y, max_m * p.N * 2));
     CK(cudaMalloc(&y_ref, max_m * p.N * 2));

@@ -14,10 +14,10 @@
 // * Nf4MmaKernel: NF4 with float16 A, M from kMmaMinRows to kMmaMaxRows (K % 8 == 0): tensor
 //   cores fed from registers, the codes looked up and scaled straight into mma.sync's operands
 //   (no shared fp16 tile), stream-K over groups of panels (see there).
-// * Nf4WgmmaKernel (nf4_wgmma.cuh): NF4 with float16 A, M from kMmaMaxRows + 1 to kWgMaxRows
-//   (K % 8 == 0) on compute capability 9.0 with the sm_90a build (CudaCall::wgmma): wgmma with
-//   the weights decoded into its register operand, A's rows in swizzled shared memory, K split
-//   among CTAs when the tiles alone leave SMs idle.
+// * Nf4WgmmaKernel (nf4_wgmma.cuh): NF4 with float16 A, M from kWgMinRows to kWgMaxRows (K % 8 == 0) on
+//   compute capability 9.0 with the sm_90a build (CudaCall::wgmma): wgmma with the weights
+//   decoded into its register operand, A's rows in swizzled shared memory (TMA), a producer
+//   warpgroup and mbarriers, K split among CTAs when the tiles alone leave SMs idle.
 // * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (for NF4
 //   float16 only above kMmaMaxRows or with K % 8 != 0, where it takes 5 on) to
 //   kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
@@ -37,6 +37,8 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -727,15 +729,18 @@ CudaPlan Plan(const CudaCall& call) {
   // keeps the general kernels, 6 / 7 force the stream-K / full-row kernel, 2-4 the dequantize +
   // cuBLAS path.
   if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
-    // From kMmaMinRows to kMmaMaxRows rows (K % 8 == 0, A 16-byte aligned): the register-decoding
-    // tensor-core kernel (force 8 at any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
+    // From kWgMinRows to kWgMaxRows rows (any M above where cuBLAS does not load) on sm_90a, K % 8
+    // == 0, A 16-byte aligned: the wgmma kernel (force 9 at any M), tile rows by WgTileRows. Else
+    // from kMmaMinRows to kMmaMaxRows rows: the register-decoding tensor-core kernel (force 8 at
+    // any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
     const bool mma_ok = call.type == DType::kHalf && call.m >= 1 && call.m <= kMmaMaxRows && p.K % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
     const bool wg_ok = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
-    const bool wg_planned = call.force <= 1 && call.wgmma && call.m > kMmaMaxRows && call.m <= kWgMaxRows;
+    const bool wg_planned =
+        call.force <= 1 && call.wgmma && call.m >= kWgMinRows && (call.m <= kWgMaxRows || call.blas == nullptr);
     if (wg_ok && (call.force == 9 || wg_planned)) {
       plan.wgmma = true;
-      plan.bm = call.mma_gp != 0 ? call.mma_gp : call.m <= 64 ? 64 : call.m <= 128 ? 128 : 256;
+      plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count);
       plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
       plan.stream_k = plan.wg.splits > 1;  // its counters
       return plan;

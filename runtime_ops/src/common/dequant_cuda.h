@@ -63,8 +63,8 @@ struct CudaCall {
 // (L2 thrashing: 8192x28672 NF4 M = 1 52.1 -> 62.6 us).
 inline constexpr int64_t kDefaultPrefetchBytes = 64 * 1024;
 
-// NF4's wgmma kernel (sm_90a, nf4_wgmma.cuh): CTAs of kWgThreads threads, kWgPanels panels x
-// CudaPlan::bm rows of A each, K in stages of kWgK rows.
+// NF4's wgmma kernel (sm_90a, nf4_wgmma.cuh): CTAs whose kWgThreads consumer threads hold the
+// sums of kWgPanels panels x CudaPlan::bm rows of A, K in stages of kWgK rows.
 inline constexpr int kWgThreads = 256;
 inline constexpr int kWgPanels = 4;
 inline constexpr int kWgK = 64;
@@ -141,10 +141,33 @@ inline size_t WgPartialBytes(const WgGrid& w, int bn) {
   return w.splits > 1 ? static_cast<size_t>(w.tiles_x * w.tiles_y) * w.splits * (bn / 2) * kWgThreads * 4 : 0;
 }
 
-// Rows of A up to which NF4 with float16 A takes the wgmma kernel where it can (above
-// kMmaMaxRows); dequantize + cuBLAS beyond (H100, kernel_bench: 4096x11008 M = 256 84.5 against
-// 93.0 us, M = 384 112.2 against 101.2 us).
-inline constexpr int64_t kWgMaxRows = 256;
+// Rows of A for which NF4 with float16 A takes the wgmma kernel where it can (H100, kernel_bench,
+// docs/benchmarks.md): from 32 (against the register-decoding mma.sync kernel: 30.6 / 32.0 us at
+// 4096x11008, 26.3 / 37.4 us at 11008x4096) to 1024 (against dequantize + cuBLAS: 163.5 / 185.6
+// us at 4096x11008 M = 1024, 140.1 / 167.8 us at 11008x4096; at M = 2048 324 / 308 us and 280 /
+// 279 us, at 4096 601 / 582 us: there dequantize + cuBLAS stays, where cuBLAS loads).
+inline constexpr int64_t kWgMinRows = 32;
+inline constexpr int64_t kWgMaxRows = 1024;
+
+// Relative time of one stage of a CTA of the wgmma kernel by its rows of A (H100, kernel_bench:
+// 0.98 / 0.73 us per stage at 11008x4096 M = 384 with 256 / 128 rows, 0.83 / 0.59 us at
+// 4096x11008; 64 rows cost about what 128 do: the loop is latency-bound there).
+inline double WgStageCost(int bn) { return bn == 256 ? 1.0 : 0.72; }
+
+// The wgmma kernel's rows of A per CTA: 64 / 128 where M fits in one such tile, else 128 or 256,
+// whichever grid (PlanWgGrid) takes fewer waves x stages per CTA x WgStageCost (4096x11008 M =
+// 384: 128, 75.2 against 106.8 us; 11008x4096 M = 384: 256, 84.1 against 93.9 us).
+inline int WgTileRows(int64_t panels, int64_t m, int64_t K, int sm_count) {
+  if (m <= 64) return 64;
+  if (m <= 128) return 128;
+  const auto cost = [&](int bn) {
+    const WgGrid w = PlanWgGrid(panels, m, K, bn, sm_count);
+    const int64_t ctas = w.tiles_x * w.tiles_y * w.splits, waves = (ctas + sm_count - 1) / sm_count;
+    const int64_t stages = ((K + kWgK - 1) / kWgK + w.splits - 1) / w.splits;
+    return static_cast<double>(waves * stages) * WgStageCost(bn);
+  };
+  return cost(128) < cost(256) ? 128 : 256;
+}
 
 // Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes, is `mma`, or
 // is `wgmma` with K split).

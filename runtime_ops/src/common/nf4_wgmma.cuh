@@ -1,22 +1,35 @@
 // NF4 with float16 A on sm_90a tensor cores: wgmma with the weights as the A operand taken from
 // registers (decoded there, as Nf4MmaKernel does for mma.sync) and A's rows as the B operand in
-// shared memory (cp.async, 128-byte swizzle). Included by dequant_cuda.cuh (namespace oco::cuda).
+// shared memory (128-byte swizzle). Included by dequant_cuda.cuh (namespace oco::cuda).
 //
-// CTA = two warpgroups, kWgPanels = 4 panels (128 channels) x BN rows of A, K in stages of kWgK
-// rows through a kWgStages-deep cp.async ring. Warpgroup w takes panels 2w and 2w + 1; in it,
-// warp i takes panel 2w + i / 2 and its channel half i % 2 (mma rows 0-7: channels 16h + 2g, rows
-// 8-15: 16h + 2g + 1, g = lane / 4), so that the 64 rows of one m64nBNk16 are 2 panels. Lane (g, c)
-// reads bytes 2g, 2g + 1 of k-rows 2c, 2c + 1, 2c + 8, 2c + 9 of each 16-row step (the fragment's
-// natural k order, as the shared B tile is read in k order by the hardware), looks each byte up in
-// the per-lane pair table, keeps its half's nibble and scales by the channel's scale (HMUL2:
-// the dequantized fp16 weight, as the other float16 kernels make it). Accumulation in fp32.
-// The body needs sm_90a (wgmma); other targets compile it empty and never launch it.
+// CTA = three warpgroups. Warpgroups 0-1 (kWgThreads threads, the consumers) decode and run the
+// wgmmas on a tile of kWgPanels = 4 panels (128 channels) x BN rows of A; warpgroup 2 (the
+// producers) only loads, K in stages of kWgK rows through a ring of WgLayout::kStages slots.
+// Consumer warpgroup w takes panels 2w and 2w + 1; in it, warp i takes panel 2w + i / 2 and its
+// channel half i % 2 (mma rows 0-7: channels 16h + 2g, rows 8-15: 16h + 2g + 1, g = lane / 4), so
+// that the 64 rows of one m64nBNk16 are 2 panels. Lane (g, c) reads bytes 2g, 2g + 1 of k-rows 2c,
+// 2c + 1, 2c + 8, 2c + 9 of each 16-row step (the fragment's natural k order, as the shared B
+// tile is read in k order by the hardware), looks each byte up in the per-lane pair table, keeps
+// its half's nibble and scales by the channel's scale (HMUL2: the dequantized fp16 weight, as the
+// other float16 kernels make it). Accumulation in fp32.
+//
+// Loads: A's tile of a stage is one TMA copy (a tensor map of A made on the host per launch: 128-
+// byte swizzle, zeros beyond the tensor); the weights and scales are cp.async by the 128
+// producer threads. A slot has a `full` mbarrier (the TMA's bytes and one arrival per producer
+// thread once its cp.async are done) and an `empty` one (one arrival per consumer warp once the
+// wgmmas that read the slot are complete): no CTA-wide barrier in the loop, the loads run up to
+// kStages - 2 stages ahead. The producers give their registers to the consumers (setmaxnreg:
+// the register file is split among the SM's four quarters, so three warpgroups cap every thread
+// at 168 registers, too few for BN = 256).
+//
+// H100 (docs/benchmarks.md, kernel_bench WGFORM, same run): against the first form of this
+// kernel, where every thread issued cp.async for A and all met at a CTA barrier each stage,
+// 4096x11008 M = 256 88-90 -> 67-68 us, 11008x4096 M = 256 76-77 -> 54.5 us, M = 1024 236-239 ->
+// 143-144 us, 8192x28672 M = 1024 1172 -> 771-827 us (cuBLAS fp16: 677-745 us).
+// The body needs sm_90a (wgmma, setmaxnreg); other targets compile it empty and never launch it.
 #pragma once
 
-constexpr int kWgStages = 4;  // (kWgThreads, kWgPanels, kWgK, the grid: dequant_cuda.h)
-constexpr int kWgDist = kWgStages - 2;  // stages in flight ahead: a slot is refilled two stages after its last wgmma
-static_assert(kWgPanels * kWgK == kWgThreads, "one 16-byte piece of weights per thread and stage");
-
+// Shared memory: the pair table, then (1024-aligned) kStages slots, then the mbarriers.
 template <typename S, int BN>
 struct WgLayout {
   static constexpr int kA = BN * 128;                                      // [BN][64 k] fp16, 128B-swizzled
@@ -25,7 +38,11 @@ struct WgLayout {
   static constexpr int kS = kWgPanels * 2 * kRowBytes;                     // [panel][32-row piece][row]
   static constexpr int kS2 = std::is_same_v<S, int8_t> ? kWgPanels * 2 * 4 : 0;
   static constexpr int kStage = (kA + kW + kS + kS2 + 1023) / 1024 * 1024;
-  static constexpr size_t kSmem = kMmaTableBytes + 1024 + static_cast<size_t>(kWgStages) * kStage;
+  static constexpr int kBars = 2 * 8 * 8;  // full[8], empty[8]
+  static constexpr int kFit = (kMaxSmemPerCta - 1024 - kMmaTableBytes - 1024 - kBars) / kStage;
+  static constexpr int kStages = kFit < 8 ? kFit : 8;  // H100: 4 at BN = 256, 7 at 128, 8 at 64
+  static_assert(kStages >= 3, "at least three stages fit");
+  static constexpr size_t kSmem = kMmaTableBytes + 1024 + static_cast<size_t>(kStages) * kStage + kBars;
 };
 
 template <int N>
@@ -87,156 +104,114 @@ __device__ __forceinline__ void WgmmaWait() {
 }
 // Keeps the compiler from moving reads or writes of an accumulator across the asm around it.
 __device__ __forceinline__ void PinReg(float& r) { asm volatile("" : "+f"(r)::"memory"); }
-// cp.async writes (generic proxy) made visible to wgmma's reads (async proxy).
-__device__ __forceinline__ void FenceProxyAsync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
 // Descriptor of a K-major tile with 128-byte swizzle (8-row atoms of 1024 bytes) at shared `addr`.
 __device__ __forceinline__ uint64_t WgDesc(uint32_t addr) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{64} << 32) |
          (uint64_t{1} << 62);
 }
 
+// A stage's weights (one 16-byte piece per k-row and panel), scale rows (two 32-row pieces per
+// panel) and, for double-quantized scales, their scale2 words: cp.async by threads t, t + nt, ...
+template <typename S, int BN>
+__device__ __forceinline__ void WgIssueWeights(unsigned char* st, const KernelArgs<__half, S>& g, int p0, int k0, int t0,
+                                               int nt) {
+  using L = WgLayout<S, BN>;
+  const int panels = static_cast<int>(g.p.panels), k_pad = static_cast<int>(g.p.k_pad), shift = g.p.group_shift;
+  const int last_block = static_cast<int>(g.p.blocks) - 1;
+#pragma unroll
+  for (int t = t0; t < kWgPanels * kWgK; t += nt) {
+    const int pi = t / kWgK, row = t % kWgK, panel = p0 + pi, k = k0 + row;
+    const bool valid = panel < panels && k < k_pad;
+    CpAsync16(st + L::kA + pi * (kWgK * 16) + row * 16,
+              valid ? g.b + (static_cast<int64_t>(panel) * k_pad + k) * 16 : g.b, valid);
+  }
+  constexpr int kSChunks = L::kRowBytes / 16;
+  for (int t = t0; t < kWgPanels * 2 * kSChunks; t += nt) {
+    const int pi = t / (2 * kSChunks), piece = (t / kSChunks) % 2, c = t % kSChunks;
+    const int panel = min(p0 + pi, panels - 1);
+    const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * piece) >> shift, last_block);
+    CpAsync16(st + L::kA + L::kW + (pi * 2 + piece) * L::kRowBytes + 16 * c,
+              reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 16 * c, true);
+  }
+  if constexpr (std::is_same_v<S, int8_t>) {
+    for (int t = t0; t < kWgPanels * 2; t += nt) {
+      const int panel = min(p0 + t / 2, panels - 1);
+      const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * (t % 2)) >> shift, last_block);
+      CpAsync4(st + L::kA + L::kW + L::kS + 4 * t, g.scale2 + (r >> kDqRowShift));
+    }
+  }
+}
+
+// The lane's view of a CTA: its panel (pl), channel half, fragment row group and column pair.
+struct WgLane {
+  int lane, warp, lg, lc, pl, half;
+  uint32_t lane4, sel, bsel;
+  __device__ explicit WgLane(int tid)
+      : lane(tid & 31), warp(tid >> 5), lg(lane >> 2), lc(lane & 3), pl(2 * (warp >> 2) + ((warp & 3) >> 1)),
+        half(warp & 1), lane4(4 * lane), sel(half ? 0x7632u : 0x5410u), bsel(half ? 0x3232u : 0x1010u) {}
+};
+
+// Decodes the stage at `st` into the kWgK / 16 register fragments of the lane's wgmma A operand.
+template <typename S, int BN>
+__device__ __forceinline__ void WgDecode(const unsigned char* st, uint32_t tab_base, const WgLane& ln, float dq_offset,
+                                         uint32_t (&frag)[kWgK / 16][4]) {
+  using L = WgLayout<S, BN>;
+  const unsigned char* wp = st + L::kA + ln.pl * (kWgK * 16) + 2 * ln.lg;
+  const unsigned char* sp = st + L::kA + L::kW + ln.pl * 2 * L::kRowBytes;
+  const unsigned char* s2p = st + L::kA + L::kW + L::kS + ln.pl * 2 * 4;
+  uint32_t sc0 = 0, sc1 = 0;
+#pragma unroll
+  for (int s = 0; s < kWgK / 16; ++s) {
+    if (s % 2 == 0) {
+      uint32_t p0s, p1s;
+      MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, ln.lg, p0s, p1s);
+      sc0 = __byte_perm(p0s, 0, ln.bsel);
+      sc1 = __byte_perm(p1s, 0, ln.bsel);
+    }
+    uint32_t v0[4], v1[4];
+#pragma unroll
+    for (int rr = 0; rr < 4; ++rr) {
+      const int row = 16 * s + 2 * ln.lc + (rr & 1) + 8 * (rr >> 1);
+      const uint32_t w = *reinterpret_cast<const unsigned short*>(wp + row * 16);
+      v0[rr] = MmaPair<0>(tab_base, w, ln.lane4);
+      v1[rr] = MmaPair<1>(tab_base, w, ln.lane4);
+    }
+    uint32_t(&a)[4] = frag[s];
+    a[0] = Hmul2(__byte_perm(v0[0], v0[1], ln.sel), sc0);
+    a[1] = Hmul2(__byte_perm(v1[0], v1[1], ln.sel), sc1);
+    a[2] = Hmul2(__byte_perm(v0[2], v0[3], ln.sel), sc0);
+    a[3] = Hmul2(__byte_perm(v1[2], v1[3], ln.sel), sc1);
+  }
+}
+
+// The kWgK / 16 wgmmas of a stage (A tile of the stage at shared address a_tile) as one group.
+template <int BN>
+__device__ __forceinline__ void WgStageMma(float (&acc)[BN / 2], const uint32_t (&frag)[kWgK / 16][4], uint32_t a_tile) {
+  WgmmaFence();
+#pragma unroll
+  for (int s = 0; s < kWgK / 16; ++s) WgmmaRegA<BN>(acc, frag[s], WgDesc(a_tile + 32 * s));
+  WgmmaCommit();
+}
+
 // Split-K (gridDim.z = splits > 1, when the tiles alone would leave SMs idle): split z takes
 // stages [z * n / splits, (z + 1) * n / splits); every split writes its fp32 sums to `partials`
 // ([tile][split][BN / 2][thread]), the last of a tile's splits to arrive (a counter per tile in
-// `counters`, left at 0) adds them up in split order (results independent of timing) and writes Y.
-template <typename S, int BN>
-__global__ void __launch_bounds__(kWgThreads, 1)
-    Nf4WgmmaKernel(KernelArgs<__half, S> g, float* partials, unsigned* counters) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using L = WgLayout<S, BN>;
-  extern __shared__ __align__(16) unsigned char wg_smem[];
-  const uint32_t tab_base = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
-  const uint32_t st_base = (tab_base + kMmaTableBytes + 1023) & ~1023u;
-  unsigned char* stages = wg_smem + (st_base - tab_base);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int lg = lane >> 2, lc = lane & 3;
-  const int pl = 2 * (warp >> 2) + ((warp & 3) >> 1), half = warp & 1;
-  const int p0 = blockIdx.x * kWgPanels, m0 = blockIdx.y * BN;
-  const int K = static_cast<int>(g.p.K), k_pad = static_cast<int>(g.p.k_pad), m = static_cast<int>(g.m);
-  const int panels = static_cast<int>(g.p.panels), shift = g.p.group_shift;
-  const int last_block = static_cast<int>(g.p.blocks) - 1;
-  const int all_stages = (K + kWgK - 1) / kWgK, splits = gridDim.z, z = blockIdx.z;
-  const int kt_begin = static_cast<int>(static_cast<int64_t>(all_stages) * z / splits);
-  const int kt_end = static_cast<int>(static_cast<int64_t>(all_stages) * (z + 1) / splits);
-  __shared__ int last_flag;
-  float dq_offset = 0.0f;
-  if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
-
-  auto issue = [&](int kt, int slot) {
-    unsigned char* st = stages + slot * L::kStage;
-    const int k0 = kt * kWgK;
-#pragma unroll
-    for (int t = tid; t < BN * 8; t += kWgThreads) {  // A: BN rows x 8 pieces of 8 k
-      const int r = t >> 3, j = t & 7, row = m0 + r, k = k0 + 8 * j;
-      const bool valid = row < m && k < K;
-      CpAsync16(st + r * 128 + ((j ^ (r & 7)) << 4), valid ? g.a + static_cast<int64_t>(row) * K + k : g.a, valid);
-    }
-    {
-      const int pi = tid / kWgK, row = tid % kWgK, panel = p0 + pi, k = k0 + row;
-      const bool valid = panel < panels && k < k_pad;
-      CpAsync16(st + L::kA + pi * (kWgK * 16) + row * 16,
-                valid ? g.b + (static_cast<int64_t>(panel) * k_pad + k) * 16 : g.b, valid);
-    }
-    constexpr int kSChunks = L::kRowBytes / 16;
-    for (int t = tid; t < kWgPanels * 2 * kSChunks; t += kWgThreads) {
-      const int pi = t / (2 * kSChunks), piece = (t / kSChunks) % 2, c = t % kSChunks;
-      const int panel = min(p0 + pi, panels - 1);
-      const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * piece) >> shift, last_block);
-      CpAsync16(st + L::kA + L::kW + (pi * 2 + piece) * L::kRowBytes + 16 * c,
-                reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 16 * c, true);
-    }
-    if constexpr (std::is_same_v<S, int8_t>) {
-      for (int t = tid; t < kWgPanels * 2; t += kWgThreads) {
-        const int panel = min(p0 + t / 2, panels - 1);
-        const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * (t % 2)) >> shift, last_block);
-        CpAsync4(st + L::kA + L::kW + L::kS + 4 * t, g.scale2 + (r >> kDqRowShift));
-      }
-    }
-  };
-
-  FillPairTable<256>(wg_smem);  // (visible after the loop's first barrier)
-  GridDependencyWait();
-  AllowDependentLaunch();
-#pragma unroll
-  for (int s = 0; s < kWgDist; ++s) {
-    if (kt_begin + s < kt_end) issue(kt_begin + s, (kt_begin + s) % kWgStages);
-    CpAsyncCommit();
-  }
-  float acc[BN / 2];
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-  const uint32_t lane4 = 4 * lane;
-  const uint32_t sel = half ? 0x7632u : 0x5410u, bsel = half ? 0x3232u : 0x1010u;
-  constexpr int kSteps = kWgK / 16;
-  uint32_t frag[2][kSteps][4];  // two stages' fragments: one decoded while the other's wgmmas run
-  // Stage kt: wait for it, refill the slot of stage kt - 2, decode its kSteps fragments into
-  // frag[set], then its kSteps wgmmas as one group; the previous stage's group is then waited for
-  // (its fragments and its slot become free).
-  auto stage = [&](int kt, auto set_c) {
-    constexpr int set = decltype(set_c)::value;
-    const int slot = kt % kWgStages;
-    CpAsyncWait<kWgDist - 1>();
-    FenceProxyAsync();
-    __syncthreads();  // stage kt landed for all; the slot refilled next was last read two stages ago
-    if (kt + kWgDist < kt_end) issue(kt + kWgDist, (kt + kWgDist) % kWgStages);
-    CpAsyncCommit();
-    const unsigned char* st = stages + slot * L::kStage;
-    const unsigned char* wp = st + L::kA + pl * (kWgK * 16) + 2 * lg;
-    const unsigned char* sp = st + L::kA + L::kW + pl * 2 * L::kRowBytes;
-    const unsigned char* s2p = st + L::kA + L::kW + L::kS + pl * 2 * 4;
-    const uint32_t a_tile = st_base + slot * L::kStage;
-    uint32_t sc0 = 0, sc1 = 0;
-#pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-      if (s % 2 == 0) {
-        uint32_t p0s, p1s;
-        MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, lg, p0s, p1s);
-        sc0 = __byte_perm(p0s, 0, bsel);
-        sc1 = __byte_perm(p1s, 0, bsel);
-      }
-      uint32_t v0[4], v1[4];
-#pragma unroll
-      for (int rr = 0; rr < 4; ++rr) {
-        const int row = 16 * s + 2 * lc + (rr & 1) + 8 * (rr >> 1);
-        const uint32_t w = *reinterpret_cast<const unsigned short*>(wp + row * 16);
-        v0[rr] = MmaPair<0>(tab_base, w, lane4);
-        v1[rr] = MmaPair<1>(tab_base, w, lane4);
-      }
-      uint32_t(&a)[4] = frag[set][s];
-      a[0] = Hmul2(__byte_perm(v0[0], v0[1], sel), sc0);
-      a[1] = Hmul2(__byte_perm(v1[0], v1[1], sel), sc1);
-      a[2] = Hmul2(__byte_perm(v0[2], v0[3], sel), sc0);
-      a[3] = Hmul2(__byte_perm(v1[2], v1[3], sel), sc1);
-    }
-    WgmmaFence();
-#pragma unroll
-    for (int s = 0; s < kSteps; ++s) WgmmaRegA<BN>(acc, frag[set][s], WgDesc(a_tile + 32 * s));
-    WgmmaCommit();
-    WgmmaWait<1>();
-  };
-  int kt = kt_begin;
-  for (; kt + 1 < kt_end; kt += 2) {
-    stage(kt, std::integral_constant<int, 0>{});
-    stage(kt + 1, std::integral_constant<int, 1>{});
-  }
-  if (kt < kt_end) stage(kt, std::integral_constant<int, 0>{});
-  WgmmaWait<0>();
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) PinReg(acc[i]);
+// `counters`, left at 0) adds them up in split order (results independent of timing); then Y.
+// By the kWgThreads threads that hold the sums (tid < kWgThreads); `sync` is a barrier of them.
+template <typename S, int BN, typename Sync>
+__device__ __forceinline__ void WgFinish(float (&acc)[BN / 2], const KernelArgs<__half, S>& g, const WgLane& ln, int tid,
+                                         float* partials, unsigned* counters, int* last_flag, Sync sync) {
+  const int splits = gridDim.z, z = blockIdx.z;
   if (splits > 1) {
     const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
     float* mine = partials + (tile * splits + z) * (BN / 2) * kWgThreads;
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) mine[i * kWgThreads + tid] = acc[i];
     __threadfence();
-    __syncthreads();
-    if (tid == 0) last_flag = atomicAdd(counters + tile, 1u) == static_cast<unsigned>(splits - 1);
-    __syncthreads();
-    if (!last_flag) return;
+    sync();
+    if (tid == 0) *last_flag = atomicAdd(counters + tile, 1u) == static_cast<unsigned>(splits - 1);
+    sync();
+    if (!*last_flag) return;
     __threadfence();
     const float* all = partials + tile * splits * (BN / 2) * kWgThreads;
 #pragma unroll
@@ -247,9 +222,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     }
     if (tid == 0) counters[tile] = 0;
   }
-  const int panel = p0 + pl;
-  if (panel >= panels) return;
-  const int64_t ch = static_cast<int64_t>(panel) * kPanel + 16 * half + 2 * lg;  // mma rows g and g + 8
+  const int panel = blockIdx.x * kWgPanels + ln.pl, m0 = blockIdx.y * BN, m = static_cast<int>(g.m);
+  if (panel >= static_cast<int>(g.p.panels)) return;
+  const int64_t ch = static_cast<int64_t>(panel) * kPanel + 16 * ln.half + 2 * ln.lg;  // mma rows g and g + 8
   const int64_t N = g.p.N;
   const bool has0 = ch < N, has1 = ch + 1 < N, pair = has1 && N % 2 == 0;
   const float b0 = g.bias && has0 ? __half2float(g.bias[ch]) : 0.0f;
@@ -258,7 +233,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int mi = m0 + 8 * j + 2 * lc + e;
+      const int mi = m0 + 8 * j + 2 * ln.lc + e;
       if (mi >= m) continue;
       __half* dst = g.y + static_cast<int64_t>(mi) * N + ch;
       const float y0 = acc[4 * j + e] + b0, y1 = acc[4 * j + 2 + e] + b1;
@@ -269,7 +244,167 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         if (has1) dst[1] = __float2half_rn(y1);
       }
     }
+}
+
+// ---- the kernel ------------------------------------------------------------------------------
+inline constexpr int kWgCtaThreads = kWgThreads + 128;
+inline constexpr int kWgProducers = kWgCtaThreads - kWgThreads;
+
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 #endif
+}
+// The mbarrier gets one arrival (counted in its init) once the thread's earlier cp.async are done.
+__device__ __forceinline__ void CpAsyncMbarArrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#endif
+}
+// 2-D tile of the tensor map (coordinates: k, row) to shared `dst`, completing bytes on `bar`.
+__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const void* tmap, int k, int row, uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(k), "r"(row), "r"(bar)
+      : "memory");
+#endif
+}
+
+template <typename S, int BN>
+__global__ void __launch_bounds__(kWgCtaThreads, 1)
+    Nf4WgmmaKernel(const __grid_constant__ CUtensorMap tmap, KernelArgs<__half, S> g, float* partials,
+                     unsigned* counters) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using L = WgLayout<S, BN>;
+  constexpr int kStages = L::kStages;
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  const uint32_t tab_base = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
+  const uint32_t st_base = (tab_base + kMmaTableBytes + 1023) & ~1023u;
+  unsigned char* stages = wg_smem + (st_base - tab_base);
+  const uint32_t full0 = st_base + kStages * L::kStage, empty0 = full0 + 8 * 8;
+  const int tid = threadIdx.x;
+  const int all_stages = (static_cast<int>(g.p.K) + kWgK - 1) / kWgK, splits = gridDim.z, z = blockIdx.z;
+  const int kt_begin = static_cast<int>(static_cast<int64_t>(all_stages) * z / splits);
+  const int kt_end = static_cast<int>(static_cast<int64_t>(all_stages) * (z + 1) / splits);
+  const int n = kt_end - kt_begin;
+  __shared__ int last_flag;
+
+  if (tid == kWgThreads) {
+    for (int i = 0; i < kStages; ++i) {
+      MbarInit(full0 + 8 * i, 1 + kWgProducers);  // the TMA's expect_tx arrival + the producers' cp.async
+      MbarInit(empty0 + 8 * i, kWgThreads / 32);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  FillPairTable<256>(wg_smem);
+  __syncthreads();  // table and barriers ready
+  GridDependencyWait();
+  AllowDependentLaunch();
+
+  if (tid >= kWgThreads) {  // the producers
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+    const int pt = tid - kWgThreads, p0 = blockIdx.x * kWgPanels, m0 = blockIdx.y * BN;
+    int slot = 0;
+    uint32_t phase = 0;
+    for (int i = 0; i < n; ++i) {
+      MbarWait(empty0 + 8 * slot, phase ^ 1);  // (a fresh barrier's previous phase counts as done)
+      const int k0 = (kt_begin + i) * kWgK;
+      unsigned char* st = stages + slot * L::kStage;
+      if (pt == 0) {
+        MbarArriveExpectTx(full0 + 8 * slot, BN * 128);
+        TmaLoad2d(st_base + slot * L::kStage, &tmap, k0, m0, full0 + 8 * slot);
+      }
+      WgIssueWeights<S, BN>(st, g, p0, k0, pt, kWgProducers);
+      CpAsyncMbarArrive(full0 + 8 * slot);
+      if (++slot == kStages) {
+        slot = 0;
+        phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+  const WgLane ln(tid);
+  float dq_offset = 0.0f;
+  if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
+  float acc[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+  uint32_t frag[2][kWgK / 16][4];  // two stages' fragments: one decoded while the other's wgmmas run
+  int slot = 0, prev = kStages - 1;
+  uint32_t phase = 0;
+  // Stage i: wait for its slot, decode, its wgmmas as one group, then wait for stage i - 1's group
+  // and hand that slot back to the producer.
+  auto stage = [&](int i, auto set_c) {
+    constexpr int set = decltype(set_c)::value;
+    MbarWait(full0 + 8 * slot, phase);
+    WgDecode<S, BN>(stages + slot * L::kStage, tab_base, ln, dq_offset, frag[set]);
+    WgStageMma<BN>(acc, frag[set], st_base + slot * L::kStage);
+    WgmmaWait<1>();
+    if (i > 0 && ln.lane == 0) MbarArrive(empty0 + 8 * prev);
+    prev = slot;
+    if (++slot == kStages) {
+      slot = 0;
+      phase ^= 1;
+    }
+  };
+  int i = 0;
+  for (; i + 1 < n; i += 2) {
+    stage(i, std::integral_constant<int, 0>{});
+    stage(i + 1, std::integral_constant<int, 1>{});
+  }
+  if (i < n) stage(i, std::integral_constant<int, 0>{});
+  WgmmaWait<0>();
+#pragma unroll
+  for (int j = 0; j < BN / 2; ++j) PinReg(acc[j]);
+  WgFinish<S, BN>(acc, g, ln, tid, partials, counters, &last_flag,
+                  [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kWgThreads) : "memory"); });
+#endif
+}
+
+// cuTensorMapEncodeTiled from the driver (through the runtime: the library does not link
+// libcuda); null where the driver has none.
+inline PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A (m x K float16, row-major) as TMA sees it: tiles of kWgK k x bn rows, 128-byte swizzle.
+inline cudaError_t EncodeATensorMap(CUtensorMap* tmap, const __half* a, int64_t m, int64_t K, int bn) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K) * 2};
+  const cuuint32_t box[2] = {kWgK, static_cast<cuuint32_t>(bn)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = encode(tmap, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(a), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 template <typename S, int BN>
@@ -281,8 +416,12 @@ cudaError_t LaunchNf4WgmmaBn(const KernelArgs<__half, S>& g, const WgGrid& w, fl
   if (g.p.K % 8 != 0 || g.p.K >= (int64_t{1} << 30) || w.tiles_y > 65535 ||
       (w.splits > 1 && (partials == nullptr || counters == nullptr)))
     return cudaErrorInvalidValue;  // never planned
+  CUtensorMap tmap;
+  const cudaError_t e = EncodeATensorMap(&tmap, g.a, g.m, g.p.K, BN);
+  if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(w.tiles_x), static_cast<unsigned>(w.tiles_y), static_cast<unsigned>(w.splits));
-  return LaunchKernel(Nf4WgmmaKernel<S, BN>, grid, dim3(kWgThreads), L::kSmem, stream, g.pdl, g, partials, counters);
+  return LaunchKernel(Nf4WgmmaKernel<S, BN>, grid, dim3(kWgCtaThreads), L::kSmem, stream, g.pdl, tmap, g, partials,
+                      counters);
 }
 
 template <typename S>

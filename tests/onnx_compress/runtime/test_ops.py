@@ -338,16 +338,18 @@ def test_nf4_float16_register_decoding_mma_on_cuda(scales: str, k: int, n: int, 
 @pytest.mark.parametrize("scales", ["float16", "float32", "dq"])
 @pytest.mark.parametrize(("k", "n", "block"), [(4104, 4321, 32), (4104, 200, 64), (1032, 17000, 128)])
 def test_nf4_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> None:
-    """33-256 float16 rows, K a multiple of 8, take the NF4 wgmma kernel on a compute capability
+    """32-1024 float16 rows, K a multiple of 8, take the NF4 wgmma kernel on a compute capability
     9.0 device with the sm_90a build (runtime_ops/src/common/nf4_wgmma.cuh; elsewhere the same
-    rows go to the other kernels and this checks those): CTA tiles of 4 panels x 64 / 128 / 256
-    rows of A (33, 64: 64; 65, 128: 128; 129-256: 256, so 33, 65, 129 and 200 leave rows of a tile
-    unused), K in stages of 64 rows with K = 4104 / 1032 not a multiple of 64. N = 4321 and 200
-    leave a partial last panel and tile (odd N: the scalar stores), and N = 200 gives 2 tiles, so K
-    is split among CTAs (partial sums, per-tile counters: run twice, the last CTA's sum in split
-    order). Tolerance: the kernel's fp16 weights (code x scale rounded to float16) and fp16
-    output, as every float16 case."""
-    check_nf4_float16_rows(scales, k, n, block, 61, (33, 64, 65, 128, 129, 200, 256, 33))
+    rows go to the other kernels and this checks those; 1030 rows go to dequantize + cuBLAS
+    there too): CTA tiles of 4 panels x 64 / 128 / 256 rows of A (33, 64: 64; 65, 128: 128; above:
+    128 or 256 by WgTileRows, 128 for 300 rows of the 1032 x 17000 layer on a 132-SM H100), so 33,
+    65, 129, 200, 300 and 600 leave rows of a tile unused (A's TMA copies read zeros there). K in
+    stages of 64 rows with K = 4104 / 1032 not a multiple of 64 (the TMA's zeros beyond K). N =
+    4321 and 200 leave a partial last panel and tile (odd N: the scalar stores), and N = 200 gives
+    few tiles, so K is split among CTAs (partial sums, per-tile counters: run twice, the last
+    CTA's sum in split order). Tolerance: the kernel's fp16 weights (code x scale rounded to
+    float16) and fp16 output, as every float16 case."""
+    check_nf4_float16_rows(scales, k, n, block, 61, (32, 33, 64, 65, 128, 129, 200, 256, 300, 600, 1024, 1030, 33))
 
 
 @pytest.mark.cuda
