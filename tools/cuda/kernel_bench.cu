@@ -19,7 +19,8 @@
 // is the planned kernel too, so the line repeats), its panels per group planned or, with
 // MMAGP="2,4,8", each of these (its "bm=" column shows them).
 // WGBN="0,128" adds NF4's wgmma kernel forced (force 9; sm_90a: compile for it as above) with
-// these rows of A per CTA (0: planned; the "bm=" column). The planned paths ("ours") take it
+// these rows of A per CTA (0: planned; the "bm=" column); WGSPLITS="1,3" runs each with these
+// splits of K instead of the planned ones (the "chunk=" column shows a wgmma line's splits). The planned paths ("ours") take it
 // where the library would (compute capability 9.0, M above kMmaMaxRows).
 // MS="1,8,16" and SHAPES="4096x4096,1000x999" (K x N) replace the default M and shapes.
 // LAUNCH="1:-1 0:0" runs each path once per pair pdl:prefetch (CudaCall::pdl, ::prefetch_bytes;
@@ -184,7 +185,11 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       for (const long long gp : CsvInts(gps)) paths.push_back({8, gp});
     }
     if (std::is_same_v<Dec, oco::cuda::Nf4Decoder>) {  // WGBN="128,256": the wgmma kernel (sm_90a) with these rows per CTA
-      for (const long long bn : CsvInts(std::getenv("WGBN"))) paths.push_back({9, bn});
+      const char* splits = std::getenv("WGSPLITS");  // WGSPLITS="1,2": these splits of K (bm + 1000 * splits)
+      for (const long long bn : CsvInts(std::getenv("WGBN"))) {
+        if (splits == nullptr) paths.push_back({9, bn});
+        for (const long long sp : CsvInts(splits)) paths.push_back({9, bn + 1000 * sp});
+      }
     }
     if (std::getenv("OLDGEMV")) {  // the general GEMV, the stream-K and the per-panel float16 GEMV forced
       paths.push_back({5, 0});
@@ -242,7 +247,11 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       call.blas = oco::CublasApi::Get();
       call.blas_handle = handle;
       call.chunk_bytes = chunk_mb << 20;
-      if (force == 8 || force == 9) call.mma_gp = static_cast<int>(chunk_mb);
+      if (force == 8) call.mma_gp = static_cast<int>(chunk_mb);
+      if (force == 9) {
+        call.mma_gp = static_cast<int>(chunk_mb % 1000);
+        call.wg_splits = static_cast<int>(chunk_mb / 1000);
+      }
       call.pdl = pdl;
       call.prefetch_bytes = prefetch;
       const CudaPlan plan = oco::cuda::Plan<Dec>(call);
@@ -294,7 +303,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       else std::snprintf(pf, sizeof pf, "%lld", (long long)prefetch);
       std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld pdl=%d pf=%-6s ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",
-                  name, (long long)p.K, (long long)p.N, m, kernel, plan.mma ? plan.gp : plan.bm, (long long)plan.chunk_panels, int(pdl), pf, t_ours, t_fp16, t_fp16 / t_ours,
+                  name, (long long)p.K, (long long)p.N, m, kernel, plan.mma ? plan.gp : plan.bm, (long long)(plan.wgmma ? plan.wg.splits : plan.chunk_panels), int(pdl), pf, t_ours, t_fp16, t_fp16 / t_ours,
                   weight_bytes / t_ours / 1e3, 100.0 * weight_bytes / (t_ours * 1e-6) / copy_bw, rel,
                   (finite && rel < 2e-3) ? "" : "  WRONG");
       std::fflush(stdout);

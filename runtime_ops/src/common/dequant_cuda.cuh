@@ -742,6 +742,7 @@ CudaPlan Plan(const CudaCall& call) {
       plan.wgmma = true;
       plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count);
       plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
+      if (call.wg_splits > 0) plan.wg.splits = call.wg_splits;
       plan.stream_k = plan.wg.splits > 1;  // its counters
       return plan;
     }

@@ -47,6 +47,7 @@ struct CudaCall {
   // The device (compute capability 9.0) and the build (sm_90a code) run NF4's wgmma kernel.
   bool wgmma = false;
   int mma_gp = 0;  // benchmarks: that kernel's panels per CTA group (0: planned)
+  int wg_splits = 0;  // benchmarks: the wgmma kernel's splits of K (0: planned)
   // The GEMVs and the register-decoding tensor-core kernel as programmatic dependent launches
   // (sm_90 on): they may start while the stream's previous kernel finishes, reading B and the
   // scales before they wait for it. Set only when B and the scales (scale2, offset) are constant
@@ -115,25 +116,22 @@ inline int MmaGroupPanels(const CudaCall& call, int nt) {
   return gp;
 }
 
-// The wgmma kernel's tiles for bn rows each and the splits of K that fill the SMs: the fewest
-// splits (at most 4, each at least 4 stages) whose waves are at least 90% full, else the fullest.
+// The wgmma kernel's tiles for bn rows each and its splits of K: the most (at most 4, each at least
+// 4 stages) that keep every CTA in one wave, only when the tiles are fewer than the SMs (and, for
+// the counters, than the panels). A split that adds a wave costs more than the idle SMs (H100,
+// kernel_bench, 4096x11008: 86 tiles of 256 rows 52.8 us unsplit, 64.5 us split 3 ways into
+// 258 CTAs; 11008x4096: 32 tiles 129.9 / 74.9 / 60.2 / 51.0 us with 1-4 splits).
 inline WgGrid PlanWgGrid(int64_t panels, int64_t m, int64_t K, int bn, int sm_count) {
   WgGrid w;
   w.tiles_x = (panels + kWgPanels - 1) / kWgPanels;
   w.tiles_y = (m + bn - 1) / bn;
   const int64_t tiles = w.tiles_x * w.tiles_y, stages = (K + kWgK - 1) / kWgK;
-  double best = 0.0;
-  for (int s = 1; s <= 4 && (s == 1 || stages / s >= 4); ++s) {
-    // Only below one wave (the partial sums' traffic grows with the tiles); counters: one per tile,
-    // `panels` of them.
-    if (s > 1 && (tiles >= sm_count || tiles > panels)) break;
-    const int64_t ctas = tiles * s, waves = (ctas + sm_count - 1) / sm_count;
-    const double fill = static_cast<double>(ctas) / static_cast<double>(waves * sm_count);
-    if (fill > best + 1e-9) {
-      best = fill;
+  if (tiles > panels) return w;
+  for (int s = 4; s > 1; --s) {
+    if (tiles * s <= sm_count && stages / s >= 4) {
       w.splits = s;
+      break;
     }
-    if (fill >= 0.9) break;
   }
   return w;
 }
@@ -156,7 +154,7 @@ inline double WgStageCost(int bn) { return bn == 256 ? 1.0 : 0.72; }
 
 // The wgmma kernel's rows of A per CTA: 64 / 128 where M fits in one such tile, else 128 or 256,
 // whichever grid (PlanWgGrid) takes fewer waves x stages per CTA x WgStageCost (4096x11008 M =
-// 384: 128, 75.2 against 106.8 us; 11008x4096 M = 384: 256, 84.1 against 93.9 us).
+// 384: 128, 73.5 against 106.8 us; 11008x4096 M = 384: 256, 79.4 against 94.6 us).
 inline int WgTileRows(int64_t panels, int64_t m, int64_t K, int sm_count) {
   if (m <= 64) return 64;
   if (m <= 128) return 128;
