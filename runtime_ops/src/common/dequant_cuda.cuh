@@ -715,6 +715,9 @@ template <class D, class S> using Tc256 = TcCfg<D, S, 64, 128, 2, 4, 1, 64, 4>;
 template <class D, class S> using Tc1k = TcCfg<D, S, 128, 128, 2, 4, 1, 64, 4>;
 
 // ---- planning and launching ----------------------------------------------------------------
+// cuTensorMapEncodeTiled from the driver, or null (nf4_wgmma.cuh).
+inline PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder();
+
 template <class Dec>
 CudaPlan Plan(const CudaCall& call) {
   const DequantParams& p = call.p;
@@ -735,7 +738,8 @@ CudaPlan Plan(const CudaCall& call) {
     // any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
     const bool mma_ok = call.type == DType::kHalf && call.m >= 1 && call.m <= kMmaMaxRows && p.K % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
-    const bool wg_ok = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
+    const bool wg_ok = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0 &&
+                       TensorMapEncoder() != nullptr;  // (its TMA copies of A; a driver without it: other kernels)
     const bool wg_planned =
         call.force <= 1 && call.wgmma && call.m >= kWgMinRows && (call.m <= kWgMaxRows || call.blas == nullptr);
     if (wg_ok && (call.force == 9 || wg_planned)) {
