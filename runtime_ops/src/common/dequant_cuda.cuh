@@ -738,11 +738,11 @@ CudaPlan Plan(const CudaCall& call) {
     // any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
     const bool mma_ok = call.type == DType::kHalf && call.m >= 1 && call.m <= kMmaMaxRows && p.K % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
-    const bool wg_ok = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0 &&
-                       TensorMapEncoder() != nullptr;  // (its TMA copies of A; a driver without it: other kernels)
+    const bool wg_ok = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
     const bool wg_planned =
         call.force <= 1 && call.wgmma && call.m >= kWgMinRows && (call.m <= kWgMaxRows || call.blas == nullptr);
-    if (wg_ok && (call.force == 9 || wg_planned)) {
+    // (the driver must encode the tensor map of its TMA copies of A; asked only here, once)
+    if (wg_ok && (call.force == 9 || wg_planned) && TensorMapEncoder() != nullptr) {
       plan.wgmma = true;
       plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count);
       plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
