@@ -6,7 +6,8 @@
 //        tools/cuda/kernel_bench.cu -lcublas -o /tmp/kernel_bench && /tmp/kernel_bench
 //
 // "nf4dq" runs NF4 with a double-quantized absmax (int8 codes + one float scale per 256 + an
-// offset, decoded in the kernels) instead of float16 absmax.
+// offset, decoded in the kernels) instead of float16 absmax; "int8" has per-channel scales,
+// "int8b32" (only when named) blocks of 32.
 //
 // Each M > 2 runs our own kernels ("gemv"/"tc", as the library plans them below
 // kDequantGemmMinRows) and the large-M path ("dqgemm": chunks of the weights dequantized into a
@@ -18,10 +19,10 @@
 // NF4 also runs the register-decoding tensor-core kernel forced ("mma", M <= 32; at 3-32 rows it
 // is the planned kernel too, so the line repeats), its panels per group planned or, with
 // MMAGP="2,4,8", each of these (its "bm=" column shows them).
-// WGBN="0,128" adds NF4's wgmma kernel forced (force 9; sm_90a: compile for it as above) with
+// WGBN="0,128" adds the wgmma kernel forced (force 9; sm_90a: compile for it as above) with
 // these rows of A per CTA (0: planned; the "bm=" column); WGSPLITS="1,3" runs each with these
 // splits of K instead of the planned ones (the "chunk=" column shows a wgmma line's splits). The planned paths ("ours") take it
-// where the library would (compute capability 9.0, M above kMmaMaxRows).
+// where the library would (compute capability 9.0; NF4 above kMmaMaxRows, Int8 from kWgInt8MinRows).
 // MS="1,8,16" and SHAPES="4096x4096,1000x999" (K x N) replace the default M and shapes.
 // LAUNCH="1:-1 0:0" runs each path once per pair pdl:prefetch (CudaCall::pdl, ::prefetch_bytes;
 // "all" = the whole range of each CTA); default "1:-1" (programmatic launches, the library's
@@ -184,7 +185,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       if (gps == nullptr) paths.push_back({8, 0});
       for (const long long gp : CsvInts(gps)) paths.push_back({8, gp});
     }
-    if (std::is_same_v<Dec, oco::cuda::Nf4Decoder>) {  // WGBN="128,256": the wgmma kernel (sm_90a) with these rows per CTA
+    {  // WGBN="128,256": the wgmma kernel (sm_90a) with these rows per CTA
       const char* splits = std::getenv("WGSPLITS");  // WGSPLITS="1,2": these splits of K (bm + 1000 * splits)
       for (const long long bn : CsvInts(std::getenv("WGBN"))) {
         if (splits == nullptr) paths.push_back({9, bn});
@@ -339,7 +340,7 @@ int main(int argc, char** argv) {
   CK(cudaFree(src));
   CK(cudaFree(dst));
   std::printf("%s, %d SMs, copy bandwidth %.2f TB/s (read + write)\n", prop.name, prop.multiProcessorCount, copy_bw / 1e12);
-  // kernel_bench [nf4|nf4dq|int8 K N M]: one configuration only (for a profiler)
+  // kernel_bench [nf4|nf4dq|int8|int8b32 K N M]: one configuration only (for a profiler)
   std::vector<Shape> shapes = {{4096, 11008}, {11008, 4096}};
   std::vector<int> ms = {1, 2, 4, 16, 64, 256, 1024};
   std::string only = argc > 1 ? argv[1] : "";
@@ -367,5 +368,7 @@ int main(int argc, char** argv) {
     Run<oco::cuda::Nf4Decoder>("nf4dq", 64, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms, true);
   if (only.empty() || only == "int8")
     Run<oco::cuda::Int8Decoder>("int8", 0, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms);
+  if (only == "int8b32")  // Int8 with blocks of 32 along K (two scale rows per wgmma stage)
+    Run<oco::cuda::Int8Decoder>("int8b32", 32, handle, stream, prop.multiProcessorCount, copy_bw, shapes, ms);
   return 0;
 }

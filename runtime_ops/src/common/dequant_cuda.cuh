@@ -2,7 +2,7 @@
 // runs is Plan<Dec>()'s choice (measured on an H100, docs/benchmarks.md):
 //
 // * Int8GemvSkKernel: Int8 with float16 A and M <= 4 (stream-K, like the NF4 one below), but M = 1
-//   with at most one panel per SM.
+//   with at most one panel per SM, and M = 4 where the wgmma kernel runs.
 // * GemvKernel (SIMT, fp32 accumulation): M <= 2 (the rest of float16 A), and every M
 //   below the cuBLAS path for float32 activations (kept exact: no tensor-core rounding). CTA =
 //   one panel (32 output channels) x up to MR rows of A, 16 warps taking chunks of K in turn;
@@ -14,10 +14,11 @@
 // * Nf4MmaKernel: NF4 with float16 A, M from kMmaMinRows to kMmaMaxRows (K % 8 == 0): tensor
 //   cores fed from registers, the codes looked up and scaled straight into mma.sync's operands
 //   (no shared fp16 tile), stream-K over groups of panels (see there).
-// * Nf4WgmmaKernel (nf4_wgmma.cuh): NF4 with float16 A, M from kWgMinRows to kWgMaxRows (K % 8 == 0) on
-//   compute capability 9.0 with the sm_90a build (CudaCall::wgmma): wgmma with the weights
-//   decoded into its register operand, A's rows in swizzled shared memory (TMA), a producer
-//   warpgroup and mbarriers, K split among CTAs when the tiles alone leave SMs idle.
+// * WgmmaKernel (wgmma.cuh): NF4 / Int8 with float16 A, M from kWgMinRows / kWgInt8MinRows to
+//   kWgMaxRows (K % 8 == 0) on compute capability 9.0 with the sm_90a build (CudaCall::wgmma):
+//   wgmma with the weights decoded into its register operand, A's rows in swizzled shared memory
+//   (TMA), a producer warpgroup and mbarriers, K split among CTAs when the tiles alone leave SMs
+//   idle.
 // * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (for NF4
 //   float16 only above kMmaMaxRows or with K % 8 != 0, where it takes 5 on) to
 //   kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
@@ -715,13 +716,34 @@ template <class D, class S> using Tc256 = TcCfg<D, S, 64, 128, 2, 4, 1, 64, 4>;
 template <class D, class S> using Tc1k = TcCfg<D, S, 128, 128, 2, 4, 1, 64, 4>;
 
 // ---- planning and launching ----------------------------------------------------------------
-// cuTensorMapEncodeTiled from the driver, or null (nf4_wgmma.cuh).
+// cuTensorMapEncodeTiled from the driver, or null (wgmma.cuh).
 inline PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder();
+
+// Rows of A from which the wgmma kernel is planned for the format (dequant_cuda.h).
+template <class Dec>
+constexpr int64_t WgMinRows() {
+  return std::is_same_v<Dec, Nf4Decoder> ? kWgMinRows : kWgInt8MinRows;
+}
 
 template <class Dec>
 CudaPlan Plan(const CudaCall& call) {
   const DequantParams& p = call.p;
   CudaPlan plan;
+  // From the format's WgMinRows to kWgMaxRows rows (any M above where cuBLAS does not load) on
+  // sm_90a, K % 8 == 0, A 16-byte aligned: the wgmma kernel (force 9 at any M), tile rows by
+  // WgTileRows.
+  const bool wg_fits = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
+  const bool wg_planned = call.force <= 1 && call.wgmma && call.m >= WgMinRows<Dec>() &&
+                          (call.m <= kWgMaxRows || call.blas == nullptr);
+  // (the driver must encode the tensor map of its TMA copies of A; asked only here, once)
+  if (wg_fits && (call.force == 9 || wg_planned) && TensorMapEncoder() != nullptr) {
+    plan.wgmma = true;
+    plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count, std::is_same_v<Dec, Int8Decoder>);
+    plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
+    if (call.wg_splits > 0) plan.wg.splits = call.wg_splits;
+    plan.stream_k = plan.wg.splits > 1;  // its counters
+    return plan;
+  }
   // NF4 with float16 A and M <= 4 (M <= 2 where the register-decoding kernel below takes 3-4):
   // the float16 GEMV, which reads the weights once for all rows (the tensor-core kernel was 0.65x
   // of fp16 MatMul at M = 4 on an H100; the register-decoding one 22.5 us against the GEMV's
@@ -732,24 +754,10 @@ CudaPlan Plan(const CudaCall& call) {
   // keeps the general kernels, 6 / 7 force the stream-K / full-row kernel, 2-4 the dequantize +
   // cuBLAS path.
   if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
-    // From kWgMinRows to kWgMaxRows rows (any M above where cuBLAS does not load) on sm_90a, K % 8
-    // == 0, A 16-byte aligned: the wgmma kernel (force 9 at any M), tile rows by WgTileRows. Else
-    // from kMmaMinRows to kMmaMaxRows rows: the register-decoding tensor-core kernel (force 8 at
+    // From kMmaMinRows to kMmaMaxRows rows: the register-decoding tensor-core kernel (force 8 at
     // any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
     const bool mma_ok = call.type == DType::kHalf && call.m >= 1 && call.m <= kMmaMaxRows && p.K % 8 == 0 &&
                         reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
-    const bool wg_ok = call.type == DType::kHalf && p.K % 8 == 0 && reinterpret_cast<uintptr_t>(call.a) % 16 == 0;
-    const bool wg_planned =
-        call.force <= 1 && call.wgmma && call.m >= kWgMinRows && (call.m <= kWgMaxRows || call.blas == nullptr);
-    // (the driver must encode the tensor map of its TMA copies of A; asked only here, once)
-    if (wg_ok && (call.force == 9 || wg_planned) && TensorMapEncoder() != nullptr) {
-      plan.wgmma = true;
-      plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count);
-      plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
-      if (call.wg_splits > 0) plan.wg.splits = call.wg_splits;
-      plan.stream_k = plan.wg.splits > 1;  // its counters
-      return plan;
-    }
     if (mma_ok && (call.force == 8 || (call.force <= 1 && call.m >= kMmaMinRows))) {
       plan.mma = true;
       plan.stream_k = true;
@@ -1802,7 +1810,7 @@ cudaError_t LaunchNf4Mma(const KernelArgs<__half, S>& g, const CudaPlan& plan, v
   }
 }
 
-#include "common/nf4_wgmma.cuh"
+#include "common/wgmma.cuh"
 
 // ---- large M: dequantize chunks of B, then cuBLAS ----------------------------------------------
 // Our tensor-core kernel loses to this from M = 64 on (docs/benchmarks.md); there the weights
@@ -1993,12 +2001,14 @@ cudaError_t LaunchTyped(const CudaCall& call, const CudaPlan& plan) {
       }
     }
   }
+  if constexpr (std::is_same_v<T, __half>) {
+    if (plan.wgmma)
+      return LaunchWgmma<Dec, S>(g, plan.bm, plan.wg, call.sm_count, call.workspace, call.gemv_workspace, call.stream);
+  }
   if constexpr (std::is_same_v<Dec, Int8Decoder> && std::is_same_v<T, __half> && !std::is_same_v<S, int8_t>) {
     if (plan.half_gemv) return LaunchInt8GemvHalf<S>(g, call.sm_count, call.gemv_workspace, call.stream);
   }
   if constexpr (std::is_same_v<Dec, Nf4Decoder> && std::is_same_v<T, __half>) {
-    if (plan.wgmma)
-      return LaunchNf4Wgmma<S>(g, plan.bm, plan.wg, call.sm_count, call.workspace, call.gemv_workspace, call.stream);
     if (plan.mma) return LaunchNf4Mma<S>(g, plan, call.workspace, call.gemv_workspace, call.sm_count, call.stream);
     if (plan.half_gemv) return LaunchNf4GemvHalf<S>(g, plan.stream_k, call.sm_count, call.gemv_workspace, call.stream);  // 5: benchmarks, the general GEMV
   }

@@ -43,8 +43,8 @@ struct CudaCall {
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
                   // 5 = the general GEMV (M <= 2), 6 / 7 = the float16 GEMVs' stream-K / per-panel kernel,
                   // 8 = NF4's register-decoding tensor-core kernel (M <= kMmaMaxRows), 9 = NF4's
-                  // wgmma kernel (sm_90a; mma_gp: its rows of A per CTA, 0 = planned)
-  // The device (compute capability 9.0) and the build (sm_90a code) run NF4's wgmma kernel.
+                  // wgmma kernel, NF4 or Int8 (sm_90a; mma_gp: its rows of A per CTA, 0 = planned)
+  // The device (compute capability 9.0) and the build (sm_90a code) run the wgmma kernel.
   bool wgmma = false;
   int mma_gp = 0;  // benchmarks: that kernel's panels per CTA group (0: planned)
   int wg_splits = 0;  // benchmarks: the wgmma kernel's splits of K (0: planned)
@@ -64,7 +64,7 @@ struct CudaCall {
 // (L2 thrashing: 8192x28672 NF4 M = 1 52.1 -> 62.6 us).
 inline constexpr int64_t kDefaultPrefetchBytes = 64 * 1024;
 
-// NF4's wgmma kernel (sm_90a, nf4_wgmma.cuh): CTAs whose kWgThreads consumer threads hold the
+// The wgmma kernel of NF4 and Int8 (sm_90a, wgmma.cuh): CTAs whose kWgThreads consumer threads hold the
 // sums of kWgPanels panels x CudaPlan::bm rows of A, K in stages of kWgK rows.
 inline constexpr int kWgThreads = 256;
 inline constexpr int kWgPanels = 4;
@@ -87,7 +87,7 @@ struct CudaPlan {
                               // too: counters in gemv_workspace, partial sums in workspace)
   int nt = 0;                 // ... its tiles of 8 rows of A (M <= 8 * nt)
   int gp = 0;                 // ... its panels per CTA group (2, 4 or 8; MmaGroupPanels)
-  bool wgmma = false;         // NF4, float16 A, sm_90a: wgmma fed from registers (bm: rows of A per CTA)
+  bool wgmma = false;         // float16 A, sm_90a: wgmma fed from registers (bm: rows of A per CTA)
   WgGrid wg;                  // ... its tiles and splits of K (PlanWgGrid)
   int64_t chunk_panels = 0;
 };
@@ -146,16 +146,26 @@ inline size_t WgPartialBytes(const WgGrid& w, int bn) {
 // 279 us, at 4096 601 / 582 us: there dequantize + cuBLAS stays, where cuBLAS loads).
 inline constexpr int64_t kWgMinRows = 32;
 inline constexpr int64_t kWgMaxRows = 1024;
+// Int8 with float16 A takes it from 4 rows (H100, kernel_bench, 4096x11008 / 11008x4096: M = 4
+// 34.5 / 32.1 us against the stream-K GEMV's 42.0 / 42.7; M = 16 33.5 / 26.5 us against fp16's
+// 35.6 / 36.3), up to kWgMaxRows (M = 1024 179 / 158 us, dequantize + cuBLAS 193 / 179; at 2048
+// 362 / 318 against 312 / 294).
+inline constexpr int64_t kWgInt8MinRows = 4;
 
 // Relative time of one stage of a CTA of the wgmma kernel by its rows of A (H100, kernel_bench:
 // 0.98 / 0.73 us per stage at 11008x4096 M = 384 with 256 / 128 rows, 0.83 / 0.59 us at
 // 4096x11008; 64 rows cost about what 128 do: the loop is latency-bound there).
 inline double WgStageCost(int bn) { return bn == 256 ? 1.0 : 0.72; }
 
-// The wgmma kernel's rows of A per CTA: 64 / 128 where M fits in one such tile, else 128 or 256,
-// whichever grid (PlanWgGrid) takes fewer waves x stages per CTA x WgStageCost (4096x11008 M =
-// 384: 128, 73.5 against 106.8 us; 11008x4096 M = 384: 256, 79.4 against 94.6 us).
-inline int WgTileRows(int64_t panels, int64_t m, int64_t K, int sm_count) {
+// The wgmma kernel's rows of A per CTA: where M fits in one tile of 64 / 128 rows, the smallest
+// such (Int8: of 16 / 32 / 64 / 128; NF4, whose decode is its bound there: 64 / 128; H100,
+// kernel_bench, 4096x11008 / 11008x4096 M = 16: Int8 33.5 / 26.5 us with 16 rows, 40.0 / 32.8
+// with 64; NF4 32.9 / 25.3 us with 16 rows, 29.5 / 24.8 with 64), else 128 or 256, whichever grid
+// (PlanWgGrid) takes fewer waves x stages per CTA x WgStageCost (4096x11008 M = 384: 128, 73.5
+// against 106.8 us; 11008x4096 M = 384: 256, 79.4 against 94.6 us).
+inline int WgTileRows(int64_t panels, int64_t m, int64_t K, int sm_count, bool small_tiles) {
+  if (small_tiles && m <= 16) return 16;
+  if (small_tiles && m <= 32) return 32;
   if (m <= 64) return 64;
   if (m <= 128) return 128;
   const auto cost = [&](int bn) {

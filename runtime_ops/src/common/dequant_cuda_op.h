@@ -59,7 +59,7 @@ inline cudaMemPool_t ChunkPool(int device) {
 // bytes per chunk (tests use 1: one 32-channel panel per chunk); ONNX_COMPRESS_CUDA_PDL=0 launches
 // every kernel the ordinary way (CudaCall::pdl) and ONNX_COMPRESS_CUDA_PREFETCH_BYTES sets the
 // GEMVs' L2 prefetch per CTA (CudaCall::prefetch_bytes; benchmarks); ONNX_COMPRESS_CUDA_WGMMA=0
-// keeps NF4 off its wgmma kernel (CudaCall::wgmma: sm_90a builds on compute capability 9.0).
+// keeps NF4 and Int8 off the wgmma kernel (CudaCall::wgmma: sm_90a builds on compute capability 9.0).
 // The stream-K GEMV's workspace (partial sums and per-panel counters, which every launch leaves at
 // 0) is allocated and zeroed once per stream: ORT runs concurrent Run() calls on different streams.
 //
@@ -208,7 +208,7 @@ class DequantMatMulCudaKernel {
   bool constant_weights_ = false;
   bool pdl_env_ = true;                // ONNX_COMPRESS_CUDA_PDL=0: never a programmatic launch
   int64_t prefetch_bytes_ = -1;        // ONNX_COMPRESS_CUDA_PREFETCH_BYTES (-1: the library's default)
-  bool wgmma_env_ = true;              // ONNX_COMPRESS_CUDA_WGMMA=0: never NF4's wgmma kernel
+  bool wgmma_env_ = true;              // ONNX_COMPRESS_CUDA_WGMMA=0: never the wgmma kernel
   int cc_major_ = 0;
   int cc_minor_ = 0;
   int sm_count_ = 0;

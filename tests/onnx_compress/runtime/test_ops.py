@@ -339,7 +339,7 @@ def test_nf4_float16_register_decoding_mma_on_cuda(scales: str, k: int, n: int, 
 @pytest.mark.parametrize(("k", "n", "block"), [(4104, 4321, 32), (4104, 200, 64), (1032, 17000, 128)])
 def test_nf4_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> None:
     """32-1024 float16 rows, K a multiple of 8, take the NF4 wgmma kernel on a compute capability
-    9.0 device with the sm_90a build (runtime_ops/src/common/nf4_wgmma.cuh; elsewhere the same
+    9.0 device with the sm_90a build (runtime_ops/src/common/wgmma.cuh; elsewhere the same
     rows go to the other kernels and this checks those; 1030 rows go to dequantize + cuBLAS
     there too): CTA tiles of 4 panels x 64 / 128 / 256 rows of A (33, 64: 64; 65, 128: 128; above:
     128 or 256 by WgTileRows, 128 for 300 rows of the 1032 x 17000 layer on a 132-SM H100), so 33,
@@ -354,10 +354,41 @@ def test_nf4_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> N
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
+@pytest.mark.parametrize("scales", ["float16", "float32"])
+@pytest.mark.parametrize(("k", "n", "block"), [(4104, 4321, 0), (4104, 200, 32), (1032, 17000, 128)])
+def test_int8_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> None:
+    """4-1024 float16 rows of Int8MatMul, K a multiple of 8, take the wgmma kernel on a compute
+    capability 9.0 device with the sm_90a build (runtime_ops/src/common/wgmma.cuh; elsewhere the
+    tensor-core / dequantize + cuBLAS paths, checked the same way; 1030 rows go to dequantize +
+    cuBLAS there too): CTA tiles of 4 panels x 16 / 32 / 64 / 128 / 256 rows of A (4, 16: 16; 17,
+    32: 32; 33, 64: 64; 65: 128; above by WgTileRows), so 4, 17, 33, 65, 200 and 300 leave rows of
+    a tile unused (A's TMA copies read zeros there). Per channel (one scale row for every stage),
+    blocks of 32 (two scale rows per stage) and 128; K = 4104 / 1032 not a multiple of the 64-row
+    stage (zeros beyond K); each k-row's 32 bytes in shared memory with its halves swapped in rows
+    4-7 of every 8 (a wrong swizzle mixes channels 0-15 with 16-31). N = 4321 and 200 leave a
+    partial last panel and tile (odd N: scalar stores); N = 200 gives few tiles, so K is split
+    among CTAs (run twice: the per-tile counters must be left at 0). Int8 codes over the whole
+    range -127..127 (the float16 conversion's sign trick at both ends). Tolerance: the kernel's
+    fp16 weights (code x scale rounded to float16) and fp16 output, as every float16 case."""
+    rng = np.random.default_rng(71)
+    bias = rng.standard_normal(n).astype(np.float16)
+    b, s, w = make_weights("Int8MatMul", k, n, block, np.dtype(scales).type, 72)
+    assert b.min() == -127 and b.max() == 127  # the whole code range is exercised
+    sess = session(make_model("Int8MatMul", k, n, block, "float16", b, s, bias), "cuda")
+    for m in (4, 16, 17, 32, 33, 64, 65, 128, 200, 300, 1024, 1030, 4, 200):
+        a = rng.standard_normal((m, k)).astype(np.float16)  # fresh inputs, the output poisoned each time
+        y = run_poisoned(sess, a, n, "cuda")
+        assert np.isfinite(y).all(), m
+        assert rel(y, a.astype(np.float64) @ w + bias.astype(np.float64)) < TOL["kernel_float16"], m
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
 @pytest.mark.parametrize(("k", "n", "block"), [(333, 8485, 0), (4100, 4321, 32), (1000, 4500, 64)])
 def test_int8_float16_gemv_stream_k_on_cuda(k: int, n: int, block: int) -> None:
     """1-4 float16 rows of Int8MatMul with more panels than SMs take the stream-K Int8 GEMV (panels
-    shared by CTAs, units of 64 rows at 1-2 rows of A and 32 at 3-4): per channel with an odd K
+    shared by CTAs, units of 64 rows at 1-2 rows of A and 32 at 3-4; on sm_90a 4 rows take the
+    wgmma kernel, test_int8_float16_wgmma_on_cuda): per channel with an odd K
     (K_pad = K: a last unit with 13 rows), blocks of 32 and 64 with K not a multiple of the block;
     float16 and float32 scales, a bias, two calls per row count (the counters must be left at 0)."""
     rng = np.random.default_rng(41)
@@ -382,8 +413,8 @@ def test_chained_layers_on_cuda(b_input: bool) -> None:
     Y only after it is complete. Every layer's output is a graph output, poisoned before the run
     and checked against the reference applied to the previous layer's actual output (each
     kernel's own error: the float16 tolerance). M = 1, 2 (GEMVs), 5, 16 (tensor cores for NF4,
-    the Int8 tensor-core kernel), 40, 200 (NF4's wgmma kernel on sm_90a, Int8's tensor-core /
-    dequantize + cuBLAS paths). With ``b_input`` the first layer's B is a graph input, not a
+    the Int8 tensor-core kernel; Int8's wgmma kernel on sm_90a), 40, 200 (the wgmma kernel on
+    sm_90a, else the tensor-core / dequantize + cuBLAS paths). With ``b_input`` the first layer's B is a graph input, not a
     constant: the library then launches that layer's kernels the ordinary way."""
     k, n = 4104, 4321
     rng = np.random.default_rng(51)

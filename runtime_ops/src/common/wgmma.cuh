@@ -1,17 +1,23 @@
-// NF4 with float16 A on sm_90a tensor cores: wgmma with the weights as the A operand taken from
-// registers (decoded there, as Nf4MmaKernel does for mma.sync) and A's rows as the B operand in
-// shared memory (128-byte swizzle). Included by dequant_cuda.cuh (namespace oco::cuda).
+// NF4 and Int8 with float16 A on sm_90a tensor cores: wgmma with the weights as the A operand
+// taken from registers (decoded there, as Nf4MmaKernel does for mma.sync) and A's rows as the B
+// operand in shared memory (128-byte swizzle). Included by dequant_cuda.cuh (namespace oco::cuda).
 //
 // CTA = three warpgroups. Warpgroups 0-1 (kWgThreads threads, the consumers) decode and run the
 // wgmmas on a tile of kWgPanels = 4 panels (128 channels) x BN rows of A; warpgroup 2 (the
 // producers) only loads, K in stages of kWgK rows through a ring of WgLayout::kStages slots.
 // Consumer warpgroup w takes panels 2w and 2w + 1; in it, warp i takes panel 2w + i / 2 and its
 // channel half i % 2 (mma rows 0-7: channels 16h + 2g, rows 8-15: 16h + 2g + 1, g = lane / 4), so
-// that the 64 rows of one m64nBNk16 are 2 panels. Lane (g, c) reads bytes 2g, 2g + 1 of k-rows 2c,
-// 2c + 1, 2c + 8, 2c + 9 of each 16-row step (the fragment's natural k order, as the shared B
-// tile is read in k order by the hardware), looks each byte up in the per-lane pair table, keeps
-// its half's nibble and scales by the channel's scale (HMUL2: the dequantized fp16 weight, as the
-// other float16 kernels make it). Accumulation in fp32.
+// that the 64 rows of one m64nBNk16 are 2 panels. Lane (g, c) takes k-rows 2c, 2c + 1, 2c + 8,
+// 2c + 9 of each 16-row step (the fragment's natural k order, as the shared B tile is read in k
+// order by the hardware):
+// * NF4: bytes 2g, 2g + 1 of each k-row (16 bytes: byte j = channels j and 16 + j), each looked up
+//   in the per-lane pair table, its half's nibble kept;
+// * Int8: bytes 16h + 2g, 16h + 2g + 1 (32 bytes: byte j = channel j), made float16 exactly by the
+//   exponent trick: 0x6400 | (byte ^ 0x80) is 1024 + 128 + code, minus 1152 (HSUB2). A k-row's
+//   two 16-byte halves are swapped in shared memory in rows 4-7 of every 8, so that the lanes of
+//   c = 0, 1 and c = 2, 3 (64 bytes apart) read different banks.
+// Then each is scaled by the channel's scale (HMUL2: the dequantized fp16 weight, as the other
+// float16 kernels make it). Accumulation in fp32.
 //
 // Loads: A's tile of a stage is one TMA copy (a tensor map of A made on the host per launch: 128-
 // byte swizzle, zeros beyond the tensor); the weights and scales are cp.async by the 128
@@ -23,30 +29,59 @@
 // at 168 registers, too few for BN = 256).
 //
 // H100 (docs/benchmarks.md, kernel_bench WGFORM, same run): against the first form of this
-// kernel, where every thread issued cp.async for A and all met at a CTA barrier each stage,
+// kernel (NF4), where every thread issued cp.async for A and all met at a CTA barrier each stage,
 // 4096x11008 M = 256 88-90 -> 67-68 us, 11008x4096 M = 256 76-77 -> 54.5 us, M = 1024 236-239 ->
 // 143-144 us, 8192x28672 M = 1024 1172 -> 771-827 us (cuBLAS fp16: 677-745 us).
 // The body needs sm_90a (wgmma, setmaxnreg); other targets compile it empty and never launch it.
 #pragma once
 
-// Shared memory: the pair table, then (1024-aligned) kStages slots, then the mbarriers.
-template <typename S, int BN>
+// Shared memory: NF4's pair table, then (1024-aligned) kStages slots, then the mbarriers.
+template <class Dec, typename S, int BN>
 struct WgLayout {
+  static constexpr bool kNf4 = std::is_same_v<Dec, Nf4Decoder>;
+  static constexpr int kTable = kNf4 ? kMmaTableBytes : 0;
   static constexpr int kA = BN * 128;                                      // [BN][64 k] fp16, 128B-swizzled
-  static constexpr int kW = kWgPanels * kWgK * 16;                         // [panel][64 k-rows][16 bytes]
+  static constexpr int kW = kWgPanels * kWgK * Dec::kBytesPerK;            // [panel][64 k-rows][row bytes]
   static constexpr int kRowBytes = kPanel * static_cast<int>(sizeof(S));   // a scale row as stored
   static constexpr int kS = kWgPanels * 2 * kRowBytes;                     // [panel][32-row piece][row]
   static constexpr int kS2 = std::is_same_v<S, int8_t> ? kWgPanels * 2 * 4 : 0;
   static constexpr int kStage = (kA + kW + kS + kS2 + 1023) / 1024 * 1024;
   static constexpr int kBars = 2 * 8 * 8;  // full[8], empty[8]
-  static constexpr int kFit = (kMaxSmemPerCta - 1024 - kMmaTableBytes - 1024 - kBars) / kStage;
-  static constexpr int kStages = kFit < 8 ? kFit : 8;  // H100: 4 at BN = 256, 7 at 128, 8 at 64
+  static constexpr int kFit = (kMaxSmemPerCta - 1024 - kTable - 1024 - kBars) / kStage;
+  // H100: NF4 4 at BN = 256, 7 at 128, 8 below; Int8 5 at 256, 8 below
+  static constexpr int kStages = kFit < 8 ? kFit : 8;
   static_assert(kStages >= 3, "at least three stages fit");
-  static constexpr size_t kSmem = kMmaTableBytes + 1024 + static_cast<size_t>(kStages) * kStage + kBars;
+  static constexpr size_t kSmem = kTable + 1024 + static_cast<size_t>(kStages) * kStage + kBars;
 };
 
 template <int N>
 __device__ __forceinline__ void WgmmaRegA(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc);
+template <>
+__device__ __forceinline__ void WgmmaRegA<16>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+      "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+#endif
+}
+
+template <>
+__device__ __forceinline__ void WgmmaRegA<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+#endif
+}
+
 template <>
 __device__ __forceinline__ void WgmmaRegA<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -110,20 +145,24 @@ __device__ __forceinline__ uint64_t WgDesc(uint32_t addr) {
          (uint64_t{1} << 62);
 }
 
-// A stage's weights (one 16-byte piece per k-row and panel), scale rows (two 32-row pieces per
-// panel) and, for double-quantized scales, their scale2 words: cp.async by threads t, t + nt, ...
-template <typename S, int BN>
+// A stage's weights (one 16-byte piece per k-row and panel, NF4; two, Int8: in rows 4-7 of every 8
+// the second first), scale rows (two 32-row pieces per panel) and, for double-quantized scales,
+// their scale2 words: cp.async by threads t, t + nt, ...
+template <class Dec, typename S, int BN>
 __device__ __forceinline__ void WgIssueWeights(unsigned char* st, const KernelArgs<__half, S>& g, int p0, int k0, int t0,
                                                int nt) {
-  using L = WgLayout<S, BN>;
-  const int panels = static_cast<int>(g.p.panels), k_pad = static_cast<int>(g.p.k_pad), shift = g.p.group_shift;
-  const int last_block = static_cast<int>(g.p.blocks) - 1;
+  using L = WgLayout<Dec, S, BN>;
+  constexpr int kPieces = Dec::kBytesPerK / 16;  // 16-byte pieces per k-row
+  const int panels = static_cast<int>(g.p.panels), k_pad = static_cast<int>(g.p.k_pad);
+  const int shift = min(g.p.group_shift, 31), last_block = static_cast<int>(g.p.blocks) - 1;  // per channel: block 0
 #pragma unroll
-  for (int t = t0; t < kWgPanels * kWgK; t += nt) {
-    const int pi = t / kWgK, row = t % kWgK, panel = p0 + pi, k = k0 + row;
+  for (int t = t0; t < kWgPanels * kWgK * kPieces; t += nt) {
+    const int piece = t % kPieces, row = (t / kPieces) % kWgK, pi = t / (kPieces * kWgK);
+    const int panel = p0 + pi, k = k0 + row;
     const bool valid = panel < panels && k < k_pad;
-    CpAsync16(st + L::kA + pi * (kWgK * 16) + row * 16,
-              valid ? g.b + (static_cast<int64_t>(panel) * k_pad + k) * 16 : g.b, valid);
+    const int slot = kPieces == 2 ? piece ^ ((row >> 2) & 1) : 0;
+    CpAsync16(st + L::kA + (pi * kWgK + row) * Dec::kBytesPerK + 16 * slot,
+              valid ? g.b + (static_cast<int64_t>(panel) * k_pad + k) * Dec::kBytesPerK + 16 * piece : g.b, valid);
   }
   constexpr int kSChunks = L::kRowBytes / 16;
   for (int t = t0; t < kWgPanels * 2 * kSChunks; t += nt) {
@@ -151,36 +190,70 @@ struct WgLane {
         half(warp & 1), lane4(4 * lane), sel(half ? 0x7632u : 0x5410u), bsel(half ? 0x3232u : 0x1010u) {}
 };
 
+__device__ __forceinline__ uint32_t Hsub2(uint32_t x, uint32_t y) {
+  const __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&x), *reinterpret_cast<const __half2*>(&y));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
 // Decodes the stage at `st` into the kWgK / 16 register fragments of the lane's wgmma A operand.
-template <typename S, int BN>
+template <class Dec, typename S, int BN>
 __device__ __forceinline__ void WgDecode(const unsigned char* st, uint32_t tab_base, const WgLane& ln, float dq_offset,
                                          uint32_t (&frag)[kWgK / 16][4]) {
-  using L = WgLayout<S, BN>;
-  const unsigned char* wp = st + L::kA + ln.pl * (kWgK * 16) + 2 * ln.lg;
+  using L = WgLayout<Dec, S, BN>;
   const unsigned char* sp = st + L::kA + L::kW + ln.pl * 2 * L::kRowBytes;
   const unsigned char* s2p = st + L::kA + L::kW + L::kS + ln.pl * 2 * 4;
   uint32_t sc0 = 0, sc1 = 0;
+  if constexpr (L::kNf4) {
+    const unsigned char* wp = st + L::kA + ln.pl * (kWgK * 16) + 2 * ln.lg;
 #pragma unroll
-  for (int s = 0; s < kWgK / 16; ++s) {
-    if (s % 2 == 0) {
-      uint32_t p0s, p1s;
-      MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, ln.lg, p0s, p1s);
-      sc0 = __byte_perm(p0s, 0, ln.bsel);
-      sc1 = __byte_perm(p1s, 0, ln.bsel);
-    }
-    uint32_t v0[4], v1[4];
+    for (int s = 0; s < kWgK / 16; ++s) {
+      if (s % 2 == 0) {
+        uint32_t p0s, p1s;
+        MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, ln.lg, p0s, p1s);
+        sc0 = __byte_perm(p0s, 0, ln.bsel);
+        sc1 = __byte_perm(p1s, 0, ln.bsel);
+      }
+      uint32_t v0[4], v1[4];
 #pragma unroll
-    for (int rr = 0; rr < 4; ++rr) {
-      const int row = 16 * s + 2 * ln.lc + (rr & 1) + 8 * (rr >> 1);
-      const uint32_t w = *reinterpret_cast<const unsigned short*>(wp + row * 16);
-      v0[rr] = MmaPair<0>(tab_base, w, ln.lane4);
-      v1[rr] = MmaPair<1>(tab_base, w, ln.lane4);
+      for (int rr = 0; rr < 4; ++rr) {
+        const int row = 16 * s + 2 * ln.lc + (rr & 1) + 8 * (rr >> 1);
+        const uint32_t w = *reinterpret_cast<const unsigned short*>(wp + row * 16);
+        v0[rr] = MmaPair<0>(tab_base, w, ln.lane4);
+        v1[rr] = MmaPair<1>(tab_base, w, ln.lane4);
+      }
+      uint32_t(&a)[4] = frag[s];
+      a[0] = Hmul2(__byte_perm(v0[0], v0[1], ln.sel), sc0);
+      a[1] = Hmul2(__byte_perm(v1[0], v1[1], ln.sel), sc1);
+      a[2] = Hmul2(__byte_perm(v0[2], v0[3], ln.sel), sc0);
+      a[3] = Hmul2(__byte_perm(v1[2], v1[3], ln.sel), sc1);
     }
-    uint32_t(&a)[4] = frag[s];
-    a[0] = Hmul2(__byte_perm(v0[0], v0[1], ln.sel), sc0);
-    a[1] = Hmul2(__byte_perm(v1[0], v1[1], ln.sel), sc1);
-    a[2] = Hmul2(__byte_perm(v0[2], v0[3], ln.sel), sc0);
-    a[3] = Hmul2(__byte_perm(v1[2], v1[3], ln.sel), sc1);
+  } else {
+    // k-rows 2c, 2c + 1 (+ 8) are in rows 4-7 of their 8 exactly when c >= 2: halves swapped there
+    const unsigned char* wp = st + L::kA + ln.pl * (kWgK * 32) + 16 * (ln.half ^ (ln.lc >> 1)) + 2 * ln.lg;
+    // 0x6400 | (byte ^ 0x80) = 1152 + code as float16 (one LOP3: the byte masked, XOR 0x6480), minus 1152
+    constexpr uint32_t kMagic = 0x64806480u;
+#pragma unroll
+    for (int s = 0; s < kWgK / 16; ++s) {
+      if (s % 2 == 0) {
+        uint32_t p0s, p1s;
+        MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, ln.lg, p0s, p1s);
+        sc0 = __byte_perm(p0s, 0, ln.bsel);
+        sc1 = __byte_perm(p1s, 0, ln.bsel);
+      }
+      uint32_t w[4];
+#pragma unroll
+      for (int rr = 0; rr < 4; ++rr) {
+        const int row = 16 * s + 2 * ln.lc + (rr & 1) + 8 * (rr >> 1);
+        w[rr] = *reinterpret_cast<const unsigned short*>(wp + row * 32);
+      }
+      // bytes: (channel 0, row r), (channel 1, row r), (channel 0, row r + 1), (channel 1, row r + 1)
+      const uint32_t x01 = __byte_perm(w[0], w[1], 0x5410u), x23 = __byte_perm(w[2], w[3], 0x5410u);
+      uint32_t(&a)[4] = frag[s];
+      a[0] = Hmul2(Hsub2((x01 & 0x00FF00FFu) ^ kMagic, kMagic), sc0);
+      a[1] = Hmul2(Hsub2(((x01 >> 8) & 0x00FF00FFu) ^ kMagic, kMagic), sc1);
+      a[2] = Hmul2(Hsub2((x23 & 0x00FF00FFu) ^ kMagic, kMagic), sc0);
+      a[3] = Hmul2(Hsub2(((x23 >> 8) & 0x00FF00FFu) ^ kMagic, kMagic), sc1);
+    }
   }
 }
 
@@ -286,16 +359,16 @@ __device__ __forceinline__ void TmaLoad2d(uint32_t dst, const void* tmap, int k,
 #endif
 }
 
-template <typename S, int BN>
+template <class Dec, typename S, int BN>
 __global__ void __launch_bounds__(kWgCtaThreads, 1)
-    Nf4WgmmaKernel(const __grid_constant__ CUtensorMap tmap, KernelArgs<__half, S> g, float* partials,
-                     unsigned* counters) {
+    WgmmaKernel(const __grid_constant__ CUtensorMap tmap, KernelArgs<__half, S> g, float* partials,
+                unsigned* counters) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using L = WgLayout<S, BN>;
+  using L = WgLayout<Dec, S, BN>;
   constexpr int kStages = L::kStages;
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t tab_base = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem));
-  const uint32_t st_base = (tab_base + kMmaTableBytes + 1023) & ~1023u;
+  const uint32_t st_base = (tab_base + L::kTable + 1023) & ~1023u;
   unsigned char* stages = wg_smem + (st_base - tab_base);
   const uint32_t full0 = st_base + kStages * L::kStage, empty0 = full0 + 8 * 8;
   const int tid = threadIdx.x;
@@ -312,7 +385,7 @@ __global__ void __launch_bounds__(kWgCtaThreads, 1)
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  FillPairTable<256>(wg_smem);
+  if constexpr (L::kNf4) FillPairTable<256>(wg_smem);
   __syncthreads();  // table and barriers ready
   GridDependencyWait();
   AllowDependentLaunch();
@@ -330,7 +403,7 @@ __global__ void __launch_bounds__(kWgCtaThreads, 1)
         MbarArriveExpectTx(full0 + 8 * slot, BN * 128);
         TmaLoad2d(st_base + slot * L::kStage, &tmap, k0, m0, full0 + 8 * slot);
       }
-      WgIssueWeights<S, BN>(st, g, p0, k0, pt, kWgProducers);
+      WgIssueWeights<Dec, S, BN>(st, g, p0, k0, pt, kWgProducers);
       CpAsyncMbarArrive(full0 + 8 * slot);
       if (++slot == kStages) {
         slot = 0;
@@ -355,7 +428,7 @@ __global__ void __launch_bounds__(kWgCtaThreads, 1)
   auto stage = [&](int i, auto set_c) {
     constexpr int set = decltype(set_c)::value;
     MbarWait(full0 + 8 * slot, phase);
-    WgDecode<S, BN>(stages + slot * L::kStage, tab_base, ln, dq_offset, frag[set]);
+    WgDecode<Dec, S, BN>(stages + slot * L::kStage, tab_base, ln, dq_offset, frag[set]);
     WgStageMma<BN>(acc, frag[set], st_base + slot * L::kStage);
     WgmmaWait<1>();
     if (i > 0 && ln.lane == 0) MbarArrive(empty0 + 8 * prev);
@@ -407,11 +480,11 @@ inline cudaError_t EncodeATensorMap(CUtensorMap* tmap, const __half* a, int64_t 
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <typename S, int BN>
-cudaError_t LaunchNf4WgmmaBn(const KernelArgs<__half, S>& g, const WgGrid& w, float* partials, unsigned* counters,
+template <class Dec, typename S, int BN>
+cudaError_t LaunchWgmmaBn(const KernelArgs<__half, S>& g, const WgGrid& w, float* partials, unsigned* counters,
                              cudaStream_t stream) {
-  using L = WgLayout<S, BN>;
-  static const cudaError_t attr = AllowSmem(Nf4WgmmaKernel<S, BN>, L::kSmem);
+  using L = WgLayout<Dec, S, BN>;
+  static const cudaError_t attr = AllowSmem(WgmmaKernel<Dec, S, BN>, L::kSmem);
   if (attr != cudaSuccess) return attr;
   if (g.p.K % 8 != 0 || g.p.K >= (int64_t{1} << 30) || w.tiles_y > 65535 ||
       (w.splits > 1 && (partials == nullptr || counters == nullptr)))
@@ -420,21 +493,23 @@ cudaError_t LaunchNf4WgmmaBn(const KernelArgs<__half, S>& g, const WgGrid& w, fl
   const cudaError_t e = EncodeATensorMap(&tmap, g.a, g.m, g.p.K, BN);
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(w.tiles_x), static_cast<unsigned>(w.tiles_y), static_cast<unsigned>(w.splits));
-  return LaunchKernel(Nf4WgmmaKernel<S, BN>, grid, dim3(kWgCtaThreads), L::kSmem, stream, g.pdl, tmap, g, partials,
+  return LaunchKernel(WgmmaKernel<Dec, S, BN>, grid, dim3(kWgCtaThreads), L::kSmem, stream, g.pdl, tmap, g, partials,
                       counters);
 }
 
-template <typename S>
-cudaError_t LaunchNf4Wgmma(const KernelArgs<__half, S>& g, int bn, const WgGrid& w, int sm_count, void* workspace,
+template <class Dec, typename S>
+cudaError_t LaunchWgmma(const KernelArgs<__half, S>& g, int bn, const WgGrid& w, int sm_count, void* workspace,
                            void* gemv_workspace, cudaStream_t stream) {
   float* partials = static_cast<float*>(workspace);
   unsigned* counters =
       gemv_workspace ? reinterpret_cast<unsigned*>(static_cast<float*>(gemv_workspace) + SkPartialFloats(sm_count))
                      : nullptr;
   switch (bn) {
-    case 64: return LaunchNf4WgmmaBn<S, 64>(g, w, partials, counters, stream);
-    case 128: return LaunchNf4WgmmaBn<S, 128>(g, w, partials, counters, stream);
-    case 256: return LaunchNf4WgmmaBn<S, 256>(g, w, partials, counters, stream);
+    case 16: return LaunchWgmmaBn<Dec, S, 16>(g, w, partials, counters, stream);
+    case 32: return LaunchWgmmaBn<Dec, S, 32>(g, w, partials, counters, stream);
+    case 64: return LaunchWgmmaBn<Dec, S, 64>(g, w, partials, counters, stream);
+    case 128: return LaunchWgmmaBn<Dec, S, 128>(g, w, partials, counters, stream);
+    case 256: return LaunchWgmmaBn<Dec, S, 256>(g, w, partials, counters, stream);
     default: return cudaErrorInvalidValue;
   }
 }
