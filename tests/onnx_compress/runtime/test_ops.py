@@ -414,8 +414,9 @@ def test_chained_layers_on_cuda(b_input: bool) -> None:
     and checked against the reference applied to the previous layer's actual output (each
     kernel's own error: the float16 tolerance). M = 1, 2 (GEMVs), 5, 16 (tensor cores for NF4,
     the Int8 tensor-core kernel; Int8's wgmma kernel on sm_90a), 40, 200 (the wgmma kernel on
-    sm_90a, else the tensor-core / dequantize + cuBLAS paths). With ``b_input`` the first layer's B is a graph input, not a
-    constant: the library then launches that layer's kernels the ordinary way."""
+    sm_90a, else the tensor-core / dequantize + cuBLAS paths). With ``b_input`` the first
+    layer's B is a graph input, not a constant: the library then launches that layer's kernels
+    the ordinary way."""
     k, n = 4104, 4321
     rng = np.random.default_rng(51)
 
