@@ -738,7 +738,8 @@ CudaPlan Plan(const CudaCall& call) {
   // (the driver must encode the tensor map of its TMA copies of A; asked only here, once)
   if (wg_fits && (call.force == 9 || wg_planned) && TensorMapEncoder() != nullptr) {
     plan.wgmma = true;
-    plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count, std::is_same_v<Dec, Int8Decoder>);
+    const bool small_tiles = std::is_same_v<Dec, Int8Decoder>;
+    plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count, small_tiles);
     plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
     if (call.wg_splits > 0) plan.wg.splits = call.wg_splits;
     plan.stream_k = plan.wg.splits > 1;  // its counters

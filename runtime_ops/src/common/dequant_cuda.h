@@ -42,7 +42,7 @@ struct CudaCall {
   int64_t chunk_bytes = int64_t{128} << 20;   // dequantized bytes per chunk (smaller chunks: slower cuBLAS calls)
   int force = 0;  // benchmarks: 1 = own kernels only, 2 = dequant + cuBLAS, 3 / 4 = its dequant / GEMMs alone,
                   // 5 = the general GEMV (M <= 2), 6 / 7 = the float16 GEMVs' stream-K / per-panel kernel,
-                  // 8 = NF4's register-decoding tensor-core kernel (M <= kMmaMaxRows), 9 = NF4's
+                  // 8 = NF4's register-decoding tensor-core kernel (M <= kMmaMaxRows), 9 = the
                   // wgmma kernel, NF4 or Int8 (sm_90a; mma_gp: its rows of A per CTA, 0 = planned)
   // The device (compute capability 9.0) and the build (sm_90a code) run the wgmma kernel.
   bool wgmma = false;

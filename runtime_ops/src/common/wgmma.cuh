@@ -202,17 +202,21 @@ __device__ __forceinline__ void WgDecode(const unsigned char* st, uint32_t tab_b
   using L = WgLayout<Dec, S, BN>;
   const unsigned char* sp = st + L::kA + L::kW + ln.pl * 2 * L::kRowBytes;
   const unsigned char* s2p = st + L::kA + L::kW + L::kS + ln.pl * 2 * 4;
+  // NF4: bytes 2g, 2g + 1 of each 16-byte k-row; Int8: bytes 16h + 2g, 16h + 2g + 1 of each 32-byte
+  // one, whose halves are swapped in rows 4-7 of every 8 (k-rows 2c, 2c + 1 (+ 8): when c >= 2)
+  const unsigned char* wp = L::kNf4 ? st + L::kA + ln.pl * (kWgK * 16) + 2 * ln.lg
+                                    : st + L::kA + ln.pl * (kWgK * 32) + 16 * (ln.half ^ (ln.lc >> 1)) + 2 * ln.lg;
   uint32_t sc0 = 0, sc1 = 0;
-  if constexpr (L::kNf4) {
-    const unsigned char* wp = st + L::kA + ln.pl * (kWgK * 16) + 2 * ln.lg;
 #pragma unroll
-    for (int s = 0; s < kWgK / 16; ++s) {
-      if (s % 2 == 0) {
-        uint32_t p0s, p1s;
-        MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, ln.lg, p0s, p1s);
-        sc0 = __byte_perm(p0s, 0, ln.bsel);
-        sc1 = __byte_perm(p1s, 0, ln.bsel);
-      }
+  for (int s = 0; s < kWgK / 16; ++s) {
+    if (s % 2 == 0) {  // a 32-row scale piece per two steps
+      uint32_t p0s, p1s;
+      MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, ln.lg, p0s, p1s);
+      sc0 = __byte_perm(p0s, 0, ln.bsel);
+      sc1 = __byte_perm(p1s, 0, ln.bsel);
+    }
+    uint32_t(&a)[4] = frag[s];
+    if constexpr (L::kNf4) {
       uint32_t v0[4], v1[4];
 #pragma unroll
       for (int rr = 0; rr < 4; ++rr) {
@@ -221,25 +225,13 @@ __device__ __forceinline__ void WgDecode(const unsigned char* st, uint32_t tab_b
         v0[rr] = MmaPair<0>(tab_base, w, ln.lane4);
         v1[rr] = MmaPair<1>(tab_base, w, ln.lane4);
       }
-      uint32_t(&a)[4] = frag[s];
       a[0] = Hmul2(__byte_perm(v0[0], v0[1], ln.sel), sc0);
       a[1] = Hmul2(__byte_perm(v1[0], v1[1], ln.sel), sc1);
       a[2] = Hmul2(__byte_perm(v0[2], v0[3], ln.sel), sc0);
       a[3] = Hmul2(__byte_perm(v1[2], v1[3], ln.sel), sc1);
-    }
-  } else {
-    // k-rows 2c, 2c + 1 (+ 8) are in rows 4-7 of their 8 exactly when c >= 2: halves swapped there
-    const unsigned char* wp = st + L::kA + ln.pl * (kWgK * 32) + 16 * (ln.half ^ (ln.lc >> 1)) + 2 * ln.lg;
-    // 0x6400 | (byte ^ 0x80) = 1152 + code as float16 (one LOP3: the byte masked, XOR 0x6480), minus 1152
-    constexpr uint32_t kMagic = 0x64806480u;
-#pragma unroll
-    for (int s = 0; s < kWgK / 16; ++s) {
-      if (s % 2 == 0) {
-        uint32_t p0s, p1s;
-        MmaScalePairs<S>(sp + (s / 2) * L::kRowBytes, s2p + (s / 2) * 4, dq_offset, ln.lg, p0s, p1s);
-        sc0 = __byte_perm(p0s, 0, ln.bsel);
-        sc1 = __byte_perm(p1s, 0, ln.bsel);
-      }
+    } else {
+      // 0x6400 | (byte ^ 0x80) = 1152 + code as float16 (one LOP3: the byte masked, XOR 0x6480), minus 1152
+      constexpr uint32_t kMagic = 0x64806480u;
       uint32_t w[4];
 #pragma unroll
       for (int rr = 0; rr < 4; ++rr) {
@@ -248,7 +240,6 @@ __device__ __forceinline__ void WgDecode(const unsigned char* st, uint32_t tab_b
       }
       // bytes: (channel 0, row r), (channel 1, row r), (channel 0, row r + 1), (channel 1, row r + 1)
       const uint32_t x01 = __byte_perm(w[0], w[1], 0x5410u), x23 = __byte_perm(w[2], w[3], 0x5410u);
-      uint32_t(&a)[4] = frag[s];
       a[0] = Hmul2(Hsub2((x01 & 0x00FF00FFu) ^ kMagic, kMagic), sc0);
       a[1] = Hmul2(Hsub2(((x01 >> 8) & 0x00FF00FFu) ^ kMagic, kMagic), sc1);
       a[2] = Hmul2(Hsub2((x23 & 0x00FF00FFu) ^ kMagic, kMagic), sc0);
