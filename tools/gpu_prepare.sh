@@ -4,7 +4,7 @@
 # pytest's wheels (.whl), and onnxruntime-gpu in five parts (../shared/gpu/prepare-ort-gpu.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+# (.gitignore ignores /.gpu/ and /.whl/)
 bash ../shared/gpu/prepare-ort-gpu.sh
 if [ ! -f runtime_ops/build/ort-headers/x/usr/include/onnxruntime/onnxruntime_c_api.h ]; then
   cmake -S runtime_ops -B runtime_ops/build -DOCO_CUDA=OFF > /dev/null

@@ -749,11 +749,12 @@ CudaPlan Plan(const CudaCall& call) {
   // the float16 GEMV, which reads the weights once for all rows (the tensor-core kernel was 0.65x
   // of fp16 MatMul at M = 4 on an H100; the register-decoding one 22.5 us against the GEMV's
   // 22.8 / 26.5 / 35.7 us at M = 2 / 3 / 4, 4096x11008, so it takes M from 3). At M = 1 with at most
-  // one panel per SM the full-row kernel, one CTA per panel (H100, kernel times, full-row /
-  // stream-K: 8.0 / 12.4 us at 4096x4096, 18.9 / 18.6 us at 11008x4096; more panels: 23.1 / 19.5
-  // us at 4096x11008, 84.7 / 59.9 us at 8192x28672); else the stream-K kernel. Benchmarks: force 5
-  // keeps the general kernels, 6 / 7 force the stream-K / full-row kernel, 2-4 the dequantize +
-  // cuBLAS path.
+  // one panel per SM and panels shorter than kSkMinPanelRows the full-row kernel, one CTA per panel
+  // (H100, kernel times, full-row / stream-K: 5.8 / 8.4 us at 4096x4096, 14.5 / 13.7 us at
+  // 11008x4096; more panels: 19.3 / 14.5 us at 4096x11008, 77.0 / 48.1 us at 8192x28672,
+  // docs/results/runtime_ops_cuda_h100_kernels_gemv_fill.txt); else the stream-K kernel.
+  // Benchmarks: force 5 keeps the general kernels, 6 / 7 force the stream-K / full-row kernel, 2-4
+  // the dequantize + cuBLAS path.
   if constexpr (std::is_same_v<Dec, Nf4Decoder>) {
     // From kMmaMinRows to kMmaMaxRows rows: the register-decoding tensor-core kernel (force 8 at
     // any M up to kMmaMaxRows), groups of panels by MmaGroupPanels.
@@ -767,7 +768,9 @@ CudaPlan Plan(const CudaCall& call) {
       return plan;
     }
     const bool fits = kPairTableSmem + static_cast<size_t>(p.blocks) * kPanel * sizeof(float) <= kHalfGemvMaxSmem;
-    const bool full_row = call.m == 1 && fits && (call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));
+    const bool full_row = call.m == 1 && fits &&
+                          (call.force == 7 ||
+                           (call.force != 6 && p.panels <= call.sm_count && p.k_pad < kSkMinPanelRows));
     if (call.type == DType::kHalf && call.m >= 1 && call.m <= kSkMaxRows &&
         (call.force <= 1 || call.force == 6 || (call.force == 7 && full_row))) {
       plan.half_gemv = true;
@@ -846,13 +849,25 @@ cudaError_t LaunchGemv(const KernelArgs<T, S>& g, cudaStream_t stream) {
 // stays below the float16 output's own.
 // The per-lane pair table: entry [byte][copy] = (lut[byte & 15], lut[byte >> 4]) as half2, a
 // byte's 32 copies in a row of kRowBytes (256 for the GEMVs' aligned table, AlignedTableLane; the
-// tensor-core kernel's too). A warp fills one byte's copies (a uniform constant-memory read).
+// tensor-core kernel's too; tab 16-byte aligned). Each lane holds lut[lane & 15] (selected from
+// constant operands: no indexed constant loads), 8 lanes write a row's copies 16 bytes each, the
+// pair taken by two shuffles. H100, Nsight Compute: the loop it replaces (a warp per row, two
+// indexed constant loads per entry, 16 rounds) took 8.5% of the NF4 GEMV's instructions and 13% of
+// its stall samples at 4096x11008, M = 1. blockDim.x: a multiple of 32.
 template <int kRowBytes>
 __device__ __forceinline__ void FillPairTable(void* tab) {
-  for (int t = threadIdx.x; t < 256 * 32; t += blockDim.x) {
-    const int byte = t / 32;
-    *reinterpret_cast<__half2*>(static_cast<unsigned char*>(tab) + byte * kRowBytes + 4 * (t % 32)) =
-        __floats2half2_rn(kNf4Lut[byte & 15], kNf4Lut[byte >> 4]);
+  static_assert(kRowBytes % 16 == 0 && kRowBytes >= 128, "a row holds 32 copies of 4 bytes");
+  const int lane = threadIdx.x & 31;
+  float mine = kNf4Lut[0];
+#pragma unroll
+  for (int i = 1; i < 16; ++i) mine = (lane & 15) == i ? kNf4Lut[i] : mine;
+  // rows 4 apart per warp: the bound is warp-uniform (256 and the step are multiples of 4)
+  for (int row = 4 * static_cast<int>(threadIdx.x >> 5) + (lane >> 3); row < 256; row += 4 * (blockDim.x >> 5)) {
+    const __half2 v =
+        __floats2half2_rn(__shfl_sync(0xffffffffu, mine, row & 15), __shfl_sync(0xffffffffu, mine, row >> 4));
+    const uint32_t u = *reinterpret_cast<const uint32_t*>(&v);
+    unsigned char* dst = static_cast<unsigned char*>(tab) + row * kRowBytes + 16 * (lane & 7);
+    *reinterpret_cast<uint4*>(dst) = make_uint4(u, u, u, u);
   }
 }
 
@@ -1032,16 +1047,19 @@ struct SkRange {
 // A CTA's loop over its range: load(panel, idx, buf, slot) / compute(idx, buf, slot) in ping-pong
 // (the two buffers by name: no dynamic register indexing; one cp.async group per unit, committed
 // even when empty), prologue() once after the first load, panel_end(p) by every thread after the
-// warp's units of each panel.
-template <class Buf, class Load, class Compute, class Prologue, class PanelEnd>
-__device__ __forceinline__ void SkLoop(const StreamK& sk, const SkRange& r, int warp, Load&& load, Compute&& compute,
-                                       Prologue&& prologue, PanelEnd&& panel_end) {
+// warp's units of each panel. load_a(idx, buf) requests a unit's rows of A with its weights (after
+// the prologue for the first unit: A may be written by the previous kernel until
+// GridDependencyWait), so that a unit waits for neither when it is computed.
+template <class Buf, class Load, class LoadA, class Compute, class Prologue, class PanelEnd>
+__device__ __forceinline__ void SkLoop(const StreamK& sk, const SkRange& r, int warp, Load&& load, LoadA&& load_a,
+                                       Compute&& compute, Prologue&& prologue, PanelEnd&& panel_end) {
   Buf b0, b1;
   int idx = 0;
   int up = r.FirstFrom(sk, r.p_first, warp, idx);  // the panel of this warp's next unit (-1: none left)
   if (up >= 0) load(up, idx, b0, 0);                // in flight during the prologue
   CpAsyncCommit();
   prologue();
+  if (up >= 0) load_a(idx, b0);
   bool in_b1 = false;
   for (int p = r.p_first; p <= r.p_last; ++p) {
     const int end = r.End(sk, p);
@@ -1049,11 +1067,17 @@ __device__ __forceinline__ void SkLoop(const StreamK& sk, const SkRange& r, int 
       int nidx = idx + kGemvWarps, np = p;
       if (nidx >= end) np = r.FirstFrom(sk, p + 1, warp, nidx);
       if (!in_b1) {
-        if (np >= 0) load(np, nidx, b1, 1);
+        if (np >= 0) {
+          load(np, nidx, b1, 1);
+          load_a(nidx, b1);
+        }
         CpAsyncCommit();
         compute(idx, b0, 0);
       } else {
-        if (np >= 0) load(np, nidx, b0, 0);
+        if (np >= 0) {
+          load(np, nidx, b0, 0);
+          load_a(nidx, b0);
+        }
         CpAsyncCommit();
         compute(idx, b1, 1);
       }
@@ -1117,16 +1141,31 @@ __device__ __forceinline__ void SkPanelOut(const StreamK& sk, const SkRange& r, 
 // ---- per-unit pieces shared by the stream-K GEMVs --------------------------------------------------
 // A unit's rows 16i + q (i < KR) of a panel's weights, `stride` bytes apart per 16 rows, from bp
 // (the lane's bytes of row k0 + q); rows past k_pad get `pad` (a code worth 0).
+// Weights are read once: their loads do not allocate in L1, which keeps A's lines (read by every
+// panel of a CTA's range) there.
+__device__ __forceinline__ uint2 LdgStream(const uint2* p) {
+  uint2 v;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 LdgStream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
 template <int KR, typename Row>
 __device__ __forceinline__ void SkLoadRows(const uint8_t* bp, int stride, int k0, int q, int k_pad, Row pad,
                                            Row (&rows)[KR]) {
   if (k0 + 16 * KR <= k_pad) {  // (uniform) a whole unit
 #pragma unroll
-    for (int i = 0; i < KR; ++i) rows[i] = __ldg(reinterpret_cast<const Row*>(bp + stride * i));
+    for (int i = 0; i < KR; ++i) rows[i] = LdgStream(reinterpret_cast<const Row*>(bp + stride * i));
   } else {  // a panel's last unit, short
 #pragma unroll
     for (int i = 0; i < KR; ++i)
-      rows[i] = k0 + 16 * i + q < k_pad ? __ldg(reinterpret_cast<const Row*>(bp + stride * i)) : pad;
+      rows[i] = k0 + 16 * i + q < k_pad ? LdgStream(reinterpret_cast<const Row*>(bp + stride * i)) : pad;
   }
 }
 
@@ -1184,6 +1223,26 @@ __device__ __forceinline__ void SkLoadA(const __half* a, int64_t lda, int k0, in
   }
 }
 
+// A's rows of a unit come with its weights (SkLoop's load_a) at 1-2 rows of A; at 3-4 the registers
+// of two units' rows spill, so they are loaded when the unit is computed. H100, Nsight Compute
+// (4096x11008, M = 1, before): 11% of the Int8 GEMV's stall samples waited for A there.
+template <int MR>
+constexpr bool kSkEarlyA = MR <= 2;
+
+// The unit's rows of A: those loaded with its weights, or loaded now.
+template <int MR, int KR>
+__device__ __forceinline__ void SkTakeA(const __half (&early)[MR][KR], const __half* a, int64_t lda, int k0, int q,
+                                        int K, __half (&out)[MR][KR]) {
+  if constexpr (kSkEarlyA<MR>) {
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi)
+#pragma unroll
+      for (int i = 0; i < KR; ++i) out[mi][i] = early[mi][i];
+  } else {
+    SkLoadA(a, lda, k0, q, K, out);
+  }
+}
+
 // The warp's sums of a panel into red_w (ReduceScatter<16>: lane's total is for channel ch), then 0.
 template <int MR>
 __device__ __forceinline__ void SkWarpSums(float (&acc)[MR][16], int lane, int ch, float (&red_w)[MR][kPanel]) {
@@ -1217,9 +1276,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
   const __half zero = __float2half(0.0f);
   // A unit's weights are loaded into registers, its scales copied into shared memory (cp.async,
-  // slot = buffer); A is read when the unit is computed (small, read by every CTA: L1 / L2 hits).
+  // slot = buffer); A's rows with them at 1-2 rows of A (kSkEarlyA), else when the unit is computed
+  // (small, read by every CTA: L1 / L2 hits).
   struct Buf {
     uint2 rows[KR];
+    __half a[MR][KR];
   };
   // In-panel row indices are 32-bit (k_pad < 2^31). NF4 blocks are 32..256 rows (power of 2), so a
   // 32-row piece of a unit lies in one block: piece j's scales are those of row k0 + 32 j.
@@ -1240,10 +1301,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
   unsigned char* tab = nullptr;
   const uint32_t tab_lane = AlignedTableLane(hg_smem, &tab);
   float* sw = sc_s[warp];
+  auto load_a = [&](int idx, Buf& b) {
+    if constexpr (kSkEarlyA<MR>) SkLoadA(g.a, g.p.K, idx * kUnit, q, K, b.a);
+  };
   auto compute = [&](int idx, const Buf& b, int slot) {
     const int k0 = idx * kUnit;
     __half a[MR][KR];
-    SkLoadA(g.a, g.p.K, k0, q, K, a);
+    SkTakeA(b.a, g.a, g.p.K, k0, q, K, a);
     SkStageScales<S>(sc_raw[warp][slot], kUnitBlocks, dq_offset, lane, sw);
     __half2 part[MR][8];
 #pragma unroll
@@ -1279,7 +1343,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
 
   const int ch = q < 8 ? 8 * h + q : 16 + 8 * h + q - 8;  // the channel ReduceScatter<16> leaves in acc[mi][0]
   SkLoop<Buf>(
-      sk, range, warp, load, compute,
+      sk, range, warp, load, load_a, compute,
       [&] {
         FillPairTable<256>(tab);  // (the first unit's loads are in flight)
         GridDependencyWait();
@@ -1314,6 +1378,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
   const __half zero = __float2half(0.0f);
   struct Buf {
     uint4 rows[KR];
+    __half a[MR][KR];
   };
   const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K);  // per channel: k_pad = K
   const int shift = min(g.p.group_shift, 31);                                  // per channel: every row -> block 0
@@ -1330,10 +1395,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
     for (int j = 0; j < 16; ++j) acc[mi][j] = 0.0f;
   float* sw = sc_s[warp];
   const __half2 bias1152 = __floats2half2_rn(1152.0f, 1152.0f);
+  auto load_a = [&](int idx, Buf& b) {
+    if constexpr (kSkEarlyA<MR>) SkLoadA(g.a, g.p.K, idx * kUnit, q, K, b.a);
+  };
   auto compute = [&](int idx, const Buf& b, int slot) {
     const int k0 = idx * kUnit;
     __half a[MR][KR];
-    SkLoadA(g.a, g.p.K, k0, q, K, a);
+    SkTakeA(b.a, g.a, g.p.K, k0, q, K, a);
     SkStageScales<S>(sc_raw[warp][slot], kUnitPieces, 0.0f, lane, sw);
     __half2 part[MR][8];  // channel pairs (16h + 2t, 16h + 2t + 1)
 #pragma unroll
@@ -1374,7 +1442,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
     }
   };
   SkLoop<Buf>(
-      sk, range, warp, load, compute,
+      sk, range, warp, load, load_a, compute,
       [] {
         GridDependencyWait();  // (the first unit's loads are in flight)
         AllowDependentLaunch();

@@ -190,6 +190,9 @@ inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
 // each), then one 32-bit counter per panel.
 inline constexpr int kSkMaxCtasPerSm = 2;
 inline constexpr int kSkMaxRows = 4;
+// NF4 at M = 1 with at most one panel per SM: panels of this many k-rows or more go to the stream-K
+// GEMV too (H100: it wins at 11008 rows, loses at 4096; the crossover between was not measured).
+inline constexpr int64_t kSkMinPanelRows = 8192;
 inline size_t SkPartialFloats(int sm_count) {
   return static_cast<size_t>(sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * 32;
 }

@@ -268,14 +268,17 @@ def test_large_m_in_chunks_on_cuda(op: str, block: int, dtype: str, monkeypatch:
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_available(), reason="needs onnxruntime-gpu and the CUDA build of runtime_ops")
 @pytest.mark.parametrize("dq", [False, True])
-@pytest.mark.parametrize(("k", "n"), [(333, 8485), (4100, 4321)])
+@pytest.mark.parametrize(("k", "n"), [(333, 8485), (4100, 4321), (8250, 1000)])
 def test_nf4_float16_gemv_stream_k_on_cuda(dq: bool, k: int, n: int) -> None:
     """1-4 float16 rows with more panels than SMs (N = 8485 / 4321: 266 / 136 panels of 32
-    channels, the last partial) take the stream-K NF4 GEMV: CTAs share panels (units of 128 rows
-    at one row of A, 64 at 2-4: 3 / 33 or 6 / 65 per panel), so the partial sums, the per-panel
-    counters and the last CTA's sum are checked, and twice on a session (the counters must be left
-    at 0). 32-row blocks, K_pad = 352 / 4128: the last unit of a panel is short (96 or 32 rows at
-    one row of A, 32 at 2-4); the bias and the double-quantized absmax go through the same path."""
+    channels, the last partial), or with long panels (K = 8250: 32 panels of at least
+    kSkMinPanelRows k-rows, so one row of A takes it too instead of the full-row kernel), take the
+    stream-K NF4 GEMV: CTAs share panels (units of 128 rows at one row of A, 64 at 2-4: 3 / 33 / 65
+    or 6 / 65 / 129 per panel; at K = 8250 about four CTAs per panel), so the partial sums, the
+    per-panel counters and the last CTA's sum are checked, and twice on a session (the counters
+    must be left at 0). 32-row blocks, K_pad = 352 / 4128 / 8256: the last unit of a panel is short
+    (96 / 32 / 64 rows at one row of A, 32 at 2-4 but for K = 8250); the bias and the
+    double-quantized absmax go through the same path."""
     block = 32
     rng = np.random.default_rng(31)
     bias = rng.standard_normal(n).astype(np.float16)
