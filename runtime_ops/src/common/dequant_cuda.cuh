@@ -1139,8 +1139,6 @@ __device__ __forceinline__ void SkPanelOut(const StreamK& sk, const SkRange& r, 
 }
 
 // ---- per-unit pieces shared by the stream-K GEMVs --------------------------------------------------
-// A unit's rows 16i + q (i < KR) of a panel's weights, `stride` bytes apart per 16 rows, from bp
-// (the lane's bytes of row k0 + q); rows past k_pad get `pad` (a code worth 0).
 // Weights are read once: their loads do not allocate in L1, which keeps A's lines (read by every
 // panel of a CTA's range) there.
 __device__ __forceinline__ uint2 LdgStream(const uint2* p) {
@@ -1156,6 +1154,8 @@ __device__ __forceinline__ uint4 LdgStream(const uint4* p) {
   return v;
 }
 
+// A unit's rows 16i + q (i < KR) of a panel's weights, `stride` bytes apart per 16 rows, from bp
+// (the lane's bytes of row k0 + q); rows past k_pad get `pad` (a code worth 0).
 template <int KR, typename Row>
 __device__ __forceinline__ void SkLoadRows(const uint8_t* bp, int stride, int k0, int q, int k_pad, Row pad,
                                            Row (&rows)[KR]) {
