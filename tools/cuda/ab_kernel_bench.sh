@@ -7,6 +7,9 @@
 #   (device run, carry .gpu/ort-include and .gpu/origsrc)
 #   OLD_SRC=.gpu/origsrc bash tools/cuda/ab_kernel_bench.sh "SHAPES=4096x11008,11008x4096 MS=1,2 nf4" "MS=1 int8"
 #
+# OLD_BENCH (default: the working tree's tools/cuda/kernel_bench.cu) is the kernel_bench source built
+# with OLD_SRC, for when the working tree's needs fields the old sources lack (e.g. a copy of HEAD's
+# kernel_bench.cu next to OLD_SRC).
 # Each argument: kernel_bench's environment settings (README of kernel_bench.cu), then the format.
 # CHUNKS and MMAGP default to empty (no dequantize + cuBLAS lines, planned groups only). Writes
 # ab.txt to $OUT (or /tmp/oco-out).
@@ -16,7 +19,7 @@ mkdir -p "$out"
 old=${OLD_SRC:?OLD_SRC: a copy of runtime_ops/src to compare with}
 inc=${ORT_INCLUDE_DIR:-$PWD/.gpu/ort-include}
 nv=(nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I "$inc")
-"${nv[@]}" -I "$old" tools/cuda/kernel_bench.cu -lcublas -o /tmp/kb_old &
+"${nv[@]}" -I "$old" -I tools/cuda "${OLD_BENCH:-tools/cuda/kernel_bench.cu}" -lcublas -o /tmp/kb_old &
 "${nv[@]}" -I runtime_ops/src tools/cuda/kernel_bench.cu -lcublas -o /tmp/kb_new &
 wait
 [ -x /tmp/kb_old ] && [ -x /tmp/kb_new ] || { echo "BUILD FAILED"; exit 1; }

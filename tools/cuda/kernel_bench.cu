@@ -21,7 +21,9 @@
 // MMAGP="2,4,8", each of these (its "bm=" column shows them).
 // WGBN="0,128" adds the wgmma kernel forced (force 9; sm_90a: compile for it as above) with
 // these rows of A per CTA (0: planned; the "bm=" column); WGSPLITS="1,3" runs each with these
-// splits of K instead of the planned ones (the "chunk=" column shows a wgmma line's splits). The planned paths ("ours") take it
+// splits of K instead of the planned ones (the "chunk=" column shows a wgmma line's splits, or
+// its CTAs as a negative number where it runs the stream-K schedule); WGSK=1 / 2 plans that never /
+// always (CudaCall::wg_stream_k). The planned paths ("ours") take it
 // where the library would (compute capability 9.0; NF4 above kMmaMaxRows, Int8 from kWgInt8MinRows).
 // MS="1,8,16" and SHAPES="4096x4096,1000x999" (K x N) replace the default M and shapes.
 // LAUNCH="1:-1 0:0" runs each path once per pair pdl:prefetch (CudaCall::pdl, ::prefetch_bytes;
@@ -253,6 +255,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
         call.mma_gp = static_cast<int>(chunk_mb % 1000);
         call.wg_splits = static_cast<int>(chunk_mb / 1000);
       }
+      if (const char* e = std::getenv("WGSK")) call.wg_stream_k = std::atoi(e);
       call.pdl = pdl;
       call.prefetch_bytes = prefetch;
       const CudaPlan plan = oco::cuda::Plan<Dec>(call);
@@ -304,7 +307,7 @@ void Run(const char* name, int block, cublasHandle_t handle, cudaStream_t stream
       else std::snprintf(pf, sizeof pf, "%lld", (long long)prefetch);
       std::printf("%-5s %5lldx%-5lld M=%-5d %-6s bm=%-4d chunk=%-3lld pdl=%d pf=%-6s ours %8.1f us  fp16 %8.1f us  %5.2fx  %6.0f GB/s (%4.1f%% of copy)  "
                   "rel err %.1e%s\n",
-                  name, (long long)p.K, (long long)p.N, m, kernel, plan.mma ? plan.gp : plan.bm, (long long)(plan.wgmma ? plan.wg.splits : plan.chunk_panels), int(pdl), pf, t_ours, t_fp16, t_fp16 / t_ours,
+                  name, (long long)p.K, (long long)p.N, m, kernel, plan.mma ? plan.gp : plan.bm, (long long)(plan.wgmma ? (plan.wg.sk_ctas > 0 ? -plan.wg.sk_ctas : plan.wg.splits) : plan.chunk_panels), int(pdl), pf, t_ours, t_fp16, t_fp16 / t_ours,
                   weight_bytes / t_ours / 1e3, 100.0 * weight_bytes / (t_ours * 1e-6) / copy_bw, rel,
                   (finite && rel < 2e-3) ? "" : "  WRONG");
       std::fflush(stdout);

@@ -18,7 +18,7 @@
 //   kWgMaxRows (K % 8 == 0) on compute capability 9.0 with the sm_90a build (CudaCall::wgmma):
 //   wgmma with the weights decoded into its register operand, A's rows in swizzled shared memory
 //   (TMA), a producer warpgroup and mbarriers, K split among CTAs when the tiles alone leave SMs
-//   idle.
+//   idle, or a stream-K schedule over all SMs where that does better (PlanWgGrid).
 // * TcKernel (fp16/bf16 tensor cores, mma.sync m16n8k16, fp32 accumulation): M from 3 (for NF4
 //   float16 only above kMmaMaxRows or with K % 8 != 0, where it takes 5 on) to
 //   kDequantGemmMinRows - 1. The CTA tile (BM x BN) and a split of K among its
@@ -739,10 +739,11 @@ CudaPlan Plan(const CudaCall& call) {
   if (wg_fits && (call.force == 9 || wg_planned) && TensorMapEncoder() != nullptr) {
     plan.wgmma = true;
     const bool small_tiles = std::is_same_v<Dec, Int8Decoder>;
-    plan.bm = call.mma_gp != 0 ? call.mma_gp : WgTileRows(p.panels, call.m, p.K, call.sm_count, small_tiles);
-    plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count);
-    if (call.wg_splits > 0) plan.wg.splits = call.wg_splits;
-    plan.stream_k = plan.wg.splits > 1;  // its counters
+    plan.bm = call.mma_gp != 0 ? call.mma_gp
+                               : WgTileRows(p.panels, call.m, p.K, call.sm_count, small_tiles, call.wg_stream_k);
+    plan.wg = PlanWgGrid(p.panels, call.m, p.K, plan.bm, call.sm_count, call.wg_stream_k);
+    if (call.wg_splits > 0 && plan.wg.sk_ctas == 0) plan.wg.splits = call.wg_splits;
+    plan.stream_k = plan.wg.splits > 1 || plan.wg.sk_ctas > 0;  // its counters / flags
     return plan;
   }
   // NF4 with float16 A and M <= 4 (M <= 2 where the register-decoding kernel below takes 3-4):

@@ -48,6 +48,7 @@ struct CudaCall {
   bool wgmma = false;
   int mma_gp = 0;  // benchmarks: that kernel's panels per CTA group (0: planned)
   int wg_splits = 0;  // benchmarks: the wgmma kernel's splits of K (0: planned)
+  int wg_stream_k = 0;  // benchmarks: its stream-K schedule (WgGrid::sk_ctas): 0 planned, 1 never, 2 always
   // The GEMVs and the register-decoding tensor-core kernel as programmatic dependent launches
   // (sm_90 on): they may start while the stream's previous kernel finishes, reading B and the
   // scales before they wait for it. Set only when B and the scales (scale2, offset) are constant
@@ -69,10 +70,15 @@ inline constexpr int64_t kDefaultPrefetchBytes = 64 * 1024;
 inline constexpr int kWgThreads = 256;
 inline constexpr int kWgPanels = 4;
 inline constexpr int kWgK = 64;
-// Its grid: tiles of kWgPanels panels x bm rows (x, y) and splits of K (z).
+// Its grid: tiles of kWgPanels panels x bm rows (x, y) and splits of K (z), or, with sk_ctas > 0,
+// the stream-K schedule: sk_ctas CTAs, each taking an equal contiguous range of the tiles x stages
+// (tile-major), the partial sums of tiles shared by CTAs added by the CTA that holds the tile's
+// last stage (wgmma.cuh). cost: the plan's stages per CTA times its waves (the planner's measure).
 struct WgGrid {
   int64_t tiles_x = 0, tiles_y = 0;
   int splits = 1;
+  int sk_ctas = 0;
+  double cost = 0;
 };
 
 // How a call is run: which kernel and tile.
@@ -120,23 +126,44 @@ inline int MmaGroupPanels(const CudaCall& call, int nt) {
 // 4 stages) that keep every CTA in one wave, only when the tiles are fewer than the SMs (and, for
 // the counters, than the panels). A split that adds a wave costs more than the idle SMs (H100,
 // kernel_bench, 4096x11008: 86 tiles of 256 rows 52.8 us unsplit, 64.5 us split 3 ways into
-// 258 CTAs; 11008x4096: 32 tiles 129.9 / 74.9 / 60.2 / 51.0 us with 1-4 splits).
-inline WgGrid PlanWgGrid(int64_t panels, int64_t m, int64_t K, int bn, int sm_count) {
+// 258 CTAs; 11008x4096: 32 tiles 129.9 / 74.9 / 60.2 / 51.0 us with 1-4 splits, all in one wave).
+// Then the stream-K schedule over sm_count CTAs where its stages per CTA plus kWgSkFixup stages
+// (a shared tile's partial sums, written once and read once) come to less than kWgSkGain of that
+// plan's waves x stages per CTA (`stream_k`: CudaCall::wg_stream_k). H100, kernel_bench
+// (docs/benchmarks.md): it takes 4096x11008 at 4-1024 rows (86 tiles: Int8 M = 16 34.4 -> 28.1 us,
+// M = 256 57.3 -> 52.3, M = 512 117.4 -> 90.3; NF4 M = 64 29.7 -> 26.6, M = 256 51.6 -> 48.9) and
+// 8192x28672 at 16-256; where equal splits of K already fill one wave (11008x4096: 32 tiles x 4)
+// in its form they were 0-14% slower, and at 11008x4096 M = 1024 (128 tiles, one wave) 4-7%.
+inline constexpr double kWgSkFixup = 4.0;
+inline constexpr double kWgSkGain = 0.9;
+inline WgGrid PlanWgGrid(int64_t panels, int64_t m, int64_t K, int bn, int sm_count, int stream_k = 0) {
   WgGrid w;
   w.tiles_x = (panels + kWgPanels - 1) / kWgPanels;
   w.tiles_y = (m + bn - 1) / bn;
   const int64_t tiles = w.tiles_x * w.tiles_y, stages = (K + kWgK - 1) / kWgK;
-  if (tiles > panels) return w;
-  for (int s = 4; s > 1; --s) {
-    if (tiles * s <= sm_count && stages / s >= 4) {
-      w.splits = s;
-      break;
+  if (tiles <= panels) {
+    for (int s = 4; s > 1; --s) {
+      if (tiles * s <= sm_count && stages / s >= 4) {
+        w.splits = s;
+        break;
+      }
     }
+  }
+  const int64_t ctas = tiles * w.splits, waves = (ctas + sm_count - 1) / sm_count;
+  w.cost = static_cast<double>(waves * ((stages + w.splits - 1) / w.splits));
+  const int64_t units = tiles * stages;
+  const double sk_cost = static_cast<double>((units + sm_count - 1) / sm_count) + kWgSkFixup;
+  if (stream_k != 1 && units >= sm_count && (stream_k == 2 || sk_cost < kWgSkGain * w.cost)) {
+    w.splits = 1;
+    w.sk_ctas = sm_count;
+    w.cost = sk_cost;
   }
   return w;
 }
 inline size_t WgPartialBytes(const WgGrid& w, int bn) {
-  return w.splits > 1 ? static_cast<size_t>(w.tiles_x * w.tiles_y) * w.splits * (bn / 2) * kWgThreads * 4 : 0;
+  const size_t per_cta = static_cast<size_t>(bn / 2) * kWgThreads * 4;
+  if (w.sk_ctas > 0) return static_cast<size_t>(w.sk_ctas) * per_cta;
+  return w.splits > 1 ? static_cast<size_t>(w.tiles_x * w.tiles_y) * w.splits * per_cta : 0;
 }
 
 // Rows of A for which NF4 with float16 A takes the wgmma kernel where it can (H100, kernel_bench,
@@ -163,17 +190,12 @@ inline double WgStageCost(int bn) { return bn == 256 ? 1.0 : 0.72; }
 // with 64; NF4 32.9 / 25.3 us with 16 rows, 29.5 / 24.8 with 64), else 128 or 256, whichever grid
 // (PlanWgGrid) takes fewer waves x stages per CTA x WgStageCost (4096x11008 M = 384: 128, 73.5
 // against 106.8 us; 11008x4096 M = 384: 256, 79.4 against 94.6 us).
-inline int WgTileRows(int64_t panels, int64_t m, int64_t K, int sm_count, bool small_tiles) {
+inline int WgTileRows(int64_t panels, int64_t m, int64_t K, int sm_count, bool small_tiles, int stream_k = 0) {
   if (small_tiles && m <= 16) return 16;
   if (small_tiles && m <= 32) return 32;
   if (m <= 64) return 64;
   if (m <= 128) return 128;
-  const auto cost = [&](int bn) {
-    const WgGrid w = PlanWgGrid(panels, m, K, bn, sm_count);
-    const int64_t ctas = w.tiles_x * w.tiles_y * w.splits, waves = (ctas + sm_count - 1) / sm_count;
-    const int64_t stages = ((K + kWgK - 1) / kWgK + w.splits - 1) / w.splits;
-    return static_cast<double>(waves * stages) * WgStageCost(bn);
-  };
+  const auto cost = [&](int bn) { return PlanWgGrid(panels, m, K, bn, sm_count, stream_k).cost * WgStageCost(bn); };
   return cost(128) < cost(256) ? 128 : 256;
 }
 
@@ -196,8 +218,10 @@ inline constexpr int64_t kSkMinPanelRows = 8192;
 inline size_t SkPartialFloats(int sm_count) {
   return static_cast<size_t>(sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * 32;
 }
+// (the counters: one per panel, at least one per SM: the wgmma kernel's stream-K flags, one per CTA)
 inline size_t GemvWorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
-  return plan.stream_k ? (SkPartialFloats(call.sm_count) + static_cast<size_t>(call.p.panels)) * 4 : 0;
+  const int64_t counters = std::max<int64_t>(call.p.panels, call.sm_count);
+  return plan.stream_k ? (SkPartialFloats(call.sm_count) + static_cast<size_t>(counters)) * 4 : 0;
 }
 
 CudaPlan PlanNf4(const CudaCall& call);

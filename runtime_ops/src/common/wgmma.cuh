@@ -28,6 +28,9 @@
 // the register file is split among the SM's four quarters, so three warpgroups cap every thread
 // at 168 registers, too few for BN = 256).
 //
+// The grid (PlanWgGrid): one CTA per tile (and split of K), or the stream-K schedule (kSk, below
+// the kernel's pieces): 132 CTAs over the tiles x stages, a CTA's range cut into segments.
+//
 // H100 (docs/benchmarks.md, kernel_bench WGFORM, same run): against the first form of this
 // kernel (NF4), where every thread issued cp.async for A and all met at a CTA barrier each stage,
 // 4096x11008 M = 256 88-90 -> 67-68 us, 11008x4096 M = 256 76-77 -> 54.5 us, M = 1024 236-239 ->
@@ -257,6 +260,34 @@ __device__ __forceinline__ void WgStageMma(float (&acc)[BN / 2], const uint32_t 
   WgmmaCommit();
 }
 
+// Y of tile (tx, ty) from the sums (plus the bias), by the kWgThreads threads that hold them.
+template <typename S, int BN>
+__device__ __forceinline__ void WgStoreY(const float (&acc)[BN / 2], const KernelArgs<__half, S>& g, const WgLane& ln,
+                                         int tx, int ty) {
+  const int panel = tx * kWgPanels + ln.pl, m0 = ty * BN, m = static_cast<int>(g.m);
+  if (panel >= static_cast<int>(g.p.panels)) return;
+  const int64_t ch = static_cast<int64_t>(panel) * kPanel + 16 * ln.half + 2 * ln.lg;  // mma rows g and g + 8
+  const int64_t N = g.p.N;
+  const bool has0 = ch < N, has1 = ch + 1 < N, pair = has1 && N % 2 == 0;
+  const float b0 = g.bias && has0 ? __half2float(g.bias[ch]) : 0.0f;
+  const float b1 = g.bias && has1 ? __half2float(g.bias[ch + 1]) : 0.0f;
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int mi = m0 + 8 * j + 2 * ln.lc + e;
+      if (mi >= m) continue;
+      __half* dst = g.y + static_cast<int64_t>(mi) * N + ch;
+      const float y0 = acc[4 * j + e] + b0, y1 = acc[4 * j + 2 + e] + b1;
+      if (pair) {
+        *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(y0, y1);
+      } else {
+        if (has0) dst[0] = __float2half_rn(y0);
+        if (has1) dst[1] = __float2half_rn(y1);
+      }
+    }
+}
+
 // Split-K (gridDim.z = splits > 1, when the tiles alone would leave SMs idle): split z takes
 // stages [z * n / splits, (z + 1) * n / splits); every split writes its fp32 sums to `partials`
 // ([tile][split][BN / 2][thread]), the last of a tile's splits to arrive (a counter per tile in
@@ -286,28 +317,106 @@ __device__ __forceinline__ void WgFinish(float (&acc)[BN / 2], const KernelArgs<
     }
     if (tid == 0) counters[tile] = 0;
   }
-  const int panel = blockIdx.x * kWgPanels + ln.pl, m0 = blockIdx.y * BN, m = static_cast<int>(g.m);
-  if (panel >= static_cast<int>(g.p.panels)) return;
-  const int64_t ch = static_cast<int64_t>(panel) * kPanel + 16 * ln.half + 2 * ln.lg;  // mma rows g and g + 8
-  const int64_t N = g.p.N;
-  const bool has0 = ch < N, has1 = ch + 1 < N, pair = has1 && N % 2 == 0;
-  const float b0 = g.bias && has0 ? __half2float(g.bias[ch]) : 0.0f;
-  const float b1 = g.bias && has1 ? __half2float(g.bias[ch + 1]) : 0.0f;
-#pragma unroll
-  for (int j = 0; j < BN / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int mi = m0 + 8 * j + 2 * ln.lc + e;
-      if (mi >= m) continue;
-      __half* dst = g.y + static_cast<int64_t>(mi) * N + ch;
-      const float y0 = acc[4 * j + e] + b0, y1 = acc[4 * j + 2 + e] + b1;
-      if (pair) {
-        *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(y0, y1);
-      } else {
-        if (has0) dst[0] = __float2half_rn(y0);
-        if (has1) dst[1] = __float2half_rn(y1);
-      }
+  WgStoreY<S, BN>(acc, g, ln, blockIdx.x, blockIdx.y);
+}
+
+// ---- the stream-K schedule (WgGrid::sk_ctas) -------------------------------------------------
+// Units u = tile * stages + stage (tile = ty * tiles_x + tx); CTA c takes [c * U / C, (c + 1) * U / C).
+// A CTA's range is cut at tile boundaries into segments: full tiles (Y at once), the first
+// tile's end (its owner: the CTA holding a tile's last stage adds the partial sums of the CTAs
+// before it that share the tile, in CTA order, then writes Y), and a last tile it does not finish
+// (or, with a range inside one tile, the whole range): partial sums, at most one per CTA, written
+// to partials[c] and flagged in flags[c] (set to 1 with release, reset to 0 by the owner, so
+// every launch leaves them at 0). The partial segment is done first and the owned tile's end
+// last, so the partial sums an owner waits for were, as a rule, written long before. An owner
+// waits only for CTAs of lower index (launched before it; at most one CTA per SM and sm_count
+// CTAs, so they are running or done).
+struct WgSk {
+  int tiles_x = 0, tiles = 0, stages = 0, ctas = 0;  // ctas = 0: one CTA per tile instead
+};
+struct WgSeg {
+  int tile, s0, s1;
+  int kind;  // kWgSegY, kWgSegOwner, kWgSegPartial
+};
+inline constexpr int kWgSegY = 0, kWgSegOwner = 1, kWgSegPartial = 2;
+struct WgRange {  // (trivial: it lives in shared memory)
+  int u0, u1, t_first, t_last;
+  bool pre;                 // a partial segment of t_last first
+  int full_begin, full_end;  // then full tiles [full_begin, full_end)
+  int count;                 // segments in all
+  __device__ static int64_t Start(const WgSk& sk, int c) {
+    return static_cast<int64_t>(sk.tiles) * sk.stages * c / sk.ctas;
+  }
+  __device__ static WgRange Make(const WgSk& sk, int c) {
+    const int S = sk.stages;
+    WgRange r;
+    r.u0 = static_cast<int>(Start(sk, c));
+    r.u1 = max(static_cast<int>(Start(sk, c + 1)), r.u0 + 1);  // (every CTA has a unit: LaunchWgmmaBn)
+    r.t_first = r.u0 / S;
+    r.t_last = (r.u1 - 1) / S;
+    r.pre = r.t_last > r.t_first && r.u1 % S != 0;
+    r.full_begin = r.t_first + 1;
+    r.full_end = r.t_last > r.t_first ? (r.pre ? r.t_last : r.t_last + 1) : r.t_first + 1;
+    r.count = (r.pre ? 1 : 0) + (r.full_end - r.full_begin) + 1;
+    return r;
+  }
+  // Segment j in the order the CTA runs them.
+  __device__ WgSeg At(const WgSk& sk, int j) const {
+    const int S = sk.stages;
+    if (pre) {
+      if (j == 0) return {t_last, 0, u1 - t_last * S, kWgSegPartial};
+      --j;
     }
+    if (j < full_end - full_begin) return {full_begin + j, 0, S, kWgSegY};
+    const int s0 = u0 - t_first * S, s1 = min(u1 - t_first * S, S);
+    return {t_first, s0, s1, s1 < S ? kWgSegPartial : s0 > 0 ? kWgSegOwner : kWgSegY};
+  }
+};
+// The first CTA whose range holds unit u.
+__device__ __forceinline__ int WgSkCtaOf(const WgSk& sk, int u) {
+  int c = static_cast<int>(static_cast<int64_t>(u) * sk.ctas / (static_cast<int64_t>(sk.tiles) * sk.stages));
+  while (c + 1 < sk.ctas && WgRange::Start(sk, c + 1) <= u) ++c;
+  while (c > 0 && WgRange::Start(sk, c) > u) --c;
+  return c;
+}
+__device__ __forceinline__ void StoreRelease(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ unsigned LoadAcquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// A stream-K segment's end (by the kWgThreads threads that hold the sums; `sync`: their barrier).
+template <typename S, int BN, typename Sync>
+__device__ __forceinline__ void WgSkFinish(float (&acc)[BN / 2], const KernelArgs<__half, S>& g, const WgLane& ln,
+                                           int tid, const WgSk& sk, const WgSeg& sg, float* partials, unsigned* flags,
+                                           Sync sync) {
+  const int c = blockIdx.x;
+  if (sg.kind == kWgSegPartial) {
+    float* mine = partials + static_cast<int64_t>(c) * (BN / 2) * kWgThreads;
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) mine[i * kWgThreads + tid] = acc[i];
+    __threadfence();
+    sync();
+    if (tid == 0) StoreRelease(flags + c, 1u);
+    return;
+  }
+  if (sg.kind == kWgSegOwner) {
+    for (int cc = WgSkCtaOf(sk, sg.tile * sk.stages); cc < c; ++cc) {  // CTA order
+      if (tid == 0) {
+        while (LoadAcquire(flags + cc) == 0u) __nanosleep(64);
+        flags[cc] = 0u;  // (read by this CTA only)
+      }
+      sync();
+      __threadfence();
+      const float* theirs = partials + static_cast<int64_t>(cc) * (BN / 2) * kWgThreads;
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) acc[i] += __ldcg(theirs + i * kWgThreads + tid);
+    }
+  }
+  WgStoreY<S, BN>(acc, g, ln, sg.tile % sk.tiles_x, sg.tile / sk.tiles_x);
 }
 
 // ---- the kernel ------------------------------------------------------------------------------
@@ -350,10 +459,11 @@ __device__ __forceinline__ void TmaLoad2d(uint32_t dst, const void* tmap, int k,
 #endif
 }
 
-template <class Dec, typename S, int BN>
+// kSk: the stream-K schedule (sk.ctas CTAs); else one CTA per tile and split z of K (grid x, y, z).
+template <class Dec, typename S, int BN, bool kSk>
 __global__ void __launch_bounds__(kWgCtaThreads, 1)
     WgmmaKernel(const __grid_constant__ CUtensorMap tmap, KernelArgs<__half, S> g, float* partials,
-                unsigned* counters) {
+                unsigned* counters, WgSk sk) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = WgLayout<Dec, S, BN>;
   constexpr int kStages = L::kStages;
@@ -363,10 +473,20 @@ __global__ void __launch_bounds__(kWgCtaThreads, 1)
   unsigned char* stages = wg_smem + (st_base - tab_base);
   const uint32_t full0 = st_base + kStages * L::kStage, empty0 = full0 + 8 * 8;
   const int tid = threadIdx.x;
-  const int all_stages = (static_cast<int>(g.p.K) + kWgK - 1) / kWgK, splits = gridDim.z, z = blockIdx.z;
-  const int kt_begin = static_cast<int>(static_cast<int64_t>(all_stages) * z / splits);
-  const int kt_end = static_cast<int>(static_cast<int64_t>(all_stages) * (z + 1) / splits);
-  const int n = kt_end - kt_begin;
+  // The CTA's segments: stream-K (the range in shared memory: the consumers' registers are taken
+  // by the sums), or one, its tile (x, y) and split z of K.
+  __shared__ WgRange range;
+  const auto segment = [&](int j) -> WgSeg {
+    if constexpr (kSk) {
+      return range.At(sk, j);
+    } else {
+      const int all_stages = (static_cast<int>(g.p.K) + kWgK - 1) / kWgK, splits = gridDim.z, z = blockIdx.z;
+      return {static_cast<int>(blockIdx.y * gridDim.x + blockIdx.x),
+              static_cast<int>(static_cast<int64_t>(all_stages) * z / splits),
+              static_cast<int>(static_cast<int64_t>(all_stages) * (z + 1) / splits), kWgSegY};
+    }
+  };
+  const int tiles_x = kSk ? sk.tiles_x : static_cast<int>(gridDim.x);
   __shared__ int last_flag;
 
   if (tid == kWgThreads) {
@@ -375,30 +495,36 @@ __global__ void __launch_bounds__(kWgCtaThreads, 1)
       MbarInit(empty0 + 8 * i, kWgThreads / 32);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    if constexpr (kSk) range = WgRange::Make(sk, blockIdx.x);
   }
   if constexpr (L::kNf4) FillPairTable<256>(wg_smem);
-  __syncthreads();  // table and barriers ready
+  __syncthreads();  // table, barriers and range ready
+  const int segments = kSk ? range.count : 1;
   GridDependencyWait();
   AllowDependentLaunch();
 
-  if (tid >= kWgThreads) {  // the producers
+  if (tid >= kWgThreads) {  // the producers: the stages of every segment in turn, one ring
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
-    const int pt = tid - kWgThreads, p0 = blockIdx.x * kWgPanels, m0 = blockIdx.y * BN;
+    const int pt = tid - kWgThreads;
     int slot = 0;
     uint32_t phase = 0;
-    for (int i = 0; i < n; ++i) {
-      MbarWait(empty0 + 8 * slot, phase ^ 1);  // (a fresh barrier's previous phase counts as done)
-      const int k0 = (kt_begin + i) * kWgK;
-      unsigned char* st = stages + slot * L::kStage;
-      if (pt == 0) {
-        MbarArriveExpectTx(full0 + 8 * slot, BN * 128);
-        TmaLoad2d(st_base + slot * L::kStage, &tmap, k0, m0, full0 + 8 * slot);
-      }
-      WgIssueWeights<Dec, S, BN>(st, g, p0, k0, pt, kWgProducers);
-      CpAsyncMbarArrive(full0 + 8 * slot);
-      if (++slot == kStages) {
-        slot = 0;
-        phase ^= 1;
+    for (int j = 0; j < segments; ++j) {
+      const WgSeg sg = segment(j);
+      const int p0 = (sg.tile % tiles_x) * kWgPanels, m0 = (sg.tile / tiles_x) * BN;
+      for (int st_i = sg.s0; st_i < sg.s1; ++st_i) {
+        MbarWait(empty0 + 8 * slot, phase ^ 1);  // (a fresh barrier's previous phase counts as done)
+        const int k0 = st_i * kWgK;
+        unsigned char* st = stages + slot * L::kStage;
+        if (pt == 0) {
+          MbarArriveExpectTx(full0 + 8 * slot, BN * 128);
+          TmaLoad2d(st_base + slot * L::kStage, &tmap, k0, m0, full0 + 8 * slot);
+        }
+        WgIssueWeights<Dec, S, BN>(st, g, p0, k0, pt, kWgProducers);
+        CpAsyncMbarArrive(full0 + 8 * slot);
+        if (++slot == kStages) {
+          slot = 0;
+          phase ^= 1;
+        }
       }
     }
     return;
@@ -409,37 +535,51 @@ __global__ void __launch_bounds__(kWgCtaThreads, 1)
   float dq_offset = 0.0f;
   if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
   float acc[BN / 2];
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
   uint32_t frag[2][kWgK / 16][4];  // two stages' fragments: one decoded while the other's wgmmas run
   int slot = 0, prev = kStages - 1;
   uint32_t phase = 0;
-  // Stage i: wait for its slot, decode, its wgmmas as one group, then wait for stage i - 1's group
-  // and hand that slot back to the producer.
-  auto stage = [&](int i, auto set_c) {
+  bool held = false;  // slot `prev` still to be handed back
+  // A stage: wait for its slot, decode, its wgmmas as one group, then wait for the previous
+  // stage's group and hand that slot back to the producers.
+  auto stage = [&](auto set_c) {
     constexpr int set = decltype(set_c)::value;
     MbarWait(full0 + 8 * slot, phase);
     WgDecode<Dec, S, BN>(stages + slot * L::kStage, tab_base, ln, dq_offset, frag[set]);
     WgStageMma<BN>(acc, frag[set], st_base + slot * L::kStage);
     WgmmaWait<1>();
-    if (i > 0 && ln.lane == 0) MbarArrive(empty0 + 8 * prev);
+    if (held && ln.lane == 0) MbarArrive(empty0 + 8 * prev);
+    held = true;
     prev = slot;
     if (++slot == kStages) {
       slot = 0;
       phase ^= 1;
     }
   };
-  int i = 0;
-  for (; i + 1 < n; i += 2) {
-    stage(i, std::integral_constant<int, 0>{});
-    stage(i + 1, std::integral_constant<int, 1>{});
-  }
-  if (i < n) stage(i, std::integral_constant<int, 0>{});
-  WgmmaWait<0>();
+  const auto sync = [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kWgThreads) : "memory"); };
+  for (int j = 0; j < segments; ++j) {
 #pragma unroll
-  for (int j = 0; j < BN / 2; ++j) PinReg(acc[j]);
-  WgFinish<S, BN>(acc, g, ln, tid, partials, counters, &last_flag,
-                  [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kWgThreads) : "memory"); });
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+    int n;
+    {
+      const WgSeg sg = segment(j);  // (again after the loop: fewer registers live in it)
+      n = sg.s1 - sg.s0;
+    }
+    int i = 0;
+    for (; i + 1 < n; i += 2) {
+      stage(std::integral_constant<int, 0>{});
+      stage(std::integral_constant<int, 1>{});
+    }
+    if (i < n) stage(std::integral_constant<int, 0>{});
+    WgmmaWait<0>();
+    if (held && ln.lane == 0) MbarArrive(empty0 + 8 * prev);  // (the producers may need it for the next one)
+    held = false;
+#pragma unroll
+    for (int jj = 0; jj < BN / 2; ++jj) PinReg(acc[jj]);
+    if constexpr (kSk)
+      WgSkFinish<S, BN>(acc, g, ln, tid, sk, segment(j), partials, counters, sync);
+    else
+      WgFinish<S, BN>(acc, g, ln, tid, partials, counters, &last_flag, sync);
+  }
 #endif
 }
 
@@ -471,21 +611,39 @@ inline cudaError_t EncodeATensorMap(CUtensorMap* tmap, const __half* a, int64_t 
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <class Dec, typename S, int BN>
+template <class Dec, typename S, int BN, bool kSk>
 cudaError_t LaunchWgmmaBn(const KernelArgs<__half, S>& g, const WgGrid& w, float* partials, unsigned* counters,
                              cudaStream_t stream) {
   using L = WgLayout<Dec, S, BN>;
-  static const cudaError_t attr = AllowSmem(WgmmaKernel<Dec, S, BN>, L::kSmem);
+  static const cudaError_t attr = AllowSmem(WgmmaKernel<Dec, S, BN, kSk>, L::kSmem);
   if (attr != cudaSuccess) return attr;
   if (g.p.K % 8 != 0 || g.p.K >= (int64_t{1} << 30) || w.tiles_y > 65535 ||
-      (w.splits > 1 && (partials == nullptr || counters == nullptr)))
+      ((w.splits > 1 || kSk) && (partials == nullptr || counters == nullptr)))
     return cudaErrorInvalidValue;  // never planned
+  WgSk sk;
+  if constexpr (kSk) {
+    sk.tiles_x = static_cast<int>(w.tiles_x);
+    sk.tiles = static_cast<int>(w.tiles_x * w.tiles_y);
+    sk.stages = static_cast<int>((g.p.K + kWgK - 1) / kWgK);
+    sk.ctas = w.sk_ctas;
+    if (static_cast<int64_t>(sk.tiles) * sk.stages >= (int64_t{1} << 31) ||
+        static_cast<int64_t>(sk.tiles) * sk.stages < sk.ctas)
+      return cudaErrorInvalidValue;  // never planned (every CTA has a unit)
+  }
   CUtensorMap tmap;
   const cudaError_t e = EncodeATensorMap(&tmap, g.a, g.m, g.p.K, BN);
   if (e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>(w.tiles_x), static_cast<unsigned>(w.tiles_y), static_cast<unsigned>(w.splits));
-  return LaunchKernel(WgmmaKernel<Dec, S, BN>, grid, dim3(kWgCtaThreads), L::kSmem, stream, g.pdl, tmap, g, partials,
-                      counters);
+  const dim3 grid = kSk ? dim3(static_cast<unsigned>(w.sk_ctas))
+                        : dim3(static_cast<unsigned>(w.tiles_x), static_cast<unsigned>(w.tiles_y),
+                               static_cast<unsigned>(w.splits));
+  return LaunchKernel(WgmmaKernel<Dec, S, BN, kSk>, grid, dim3(kWgCtaThreads), L::kSmem, stream, g.pdl, tmap, g,
+                      partials, counters, sk);
+}
+template <class Dec, typename S, int BN>
+cudaError_t LaunchWgmmaBn(const KernelArgs<__half, S>& g, const WgGrid& w, float* partials, unsigned* counters,
+                             cudaStream_t stream) {
+  return w.sk_ctas > 0 ? LaunchWgmmaBn<Dec, S, BN, true>(g, w, partials, counters, stream)
+                       : LaunchWgmmaBn<Dec, S, BN, false>(g, w, partials, counters, stream);
 }
 
 template <class Dec, typename S>

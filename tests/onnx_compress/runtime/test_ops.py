@@ -345,13 +345,15 @@ def test_nf4_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> N
     9.0 device with the sm_90a build (runtime_ops/src/common/wgmma.cuh; elsewhere the same
     rows go to the other kernels and this checks those; 1030 rows go to dequantize + cuBLAS
     there too): CTA tiles of 4 panels x 64 / 128 / 256 rows of A (33, 64: 64; 65, 128: 128; above:
-    128 or 256 by WgTileRows, 128 for 300 rows of the 1032 x 17000 layer on a 132-SM H100), so 33,
-    65, 129, 200, 300 and 600 leave rows of a tile unused (A's TMA copies read zeros there). K in
-    stages of 64 rows with K = 4104 / 1032 not a multiple of 64 (the TMA's zeros beyond K). N =
-    4321 and 200 leave a partial last panel and tile (odd N: the scalar stores), and N = 200 gives
-    few tiles, so K is split among CTAs (partial sums, per-tile counters: run twice, the last
-    CTA's sum in split order). Tolerance: the kernel's fp16 weights (code x scale rounded to
-    float16) and fp16 output, as every float16 case."""
+    128 or 256 by WgTileRows), so 33, 65, 129, 200, 300 and 600 leave rows of a tile unused (A's
+    TMA copies read zeros there). K in stages of 64 rows with K = 4104 / 1032 not a multiple of 64
+    (the TMA's zeros beyond K). N = 4321 and 200 leave a partial last panel and tile (odd N: the
+    scalar stores), and N = 200 gives few tiles, so K is split among CTAs (partial sums, per-tile
+    counters: run twice, the last CTA's sum in split order). On a 132-SM H100 the 1032 x 17000
+    layer (133 tiles of 17 stages) takes the stream-K schedule at every row count, and 4104 x 4321
+    from 300 rows (PlanWgGrid): ranges of 132 CTAs cut across tiles, the partial sums of shared
+    tiles added by their owners, per-CTA flags left at 0 (run twice). Tolerance: the kernel's fp16
+    weights (code x scale rounded to float16) and fp16 output, as every float16 case."""
     check_nf4_float16_rows(scales, k, n, block, 61, (32, 33, 64, 65, 128, 129, 200, 256, 300, 600, 1024, 1030, 33))
 
 
@@ -370,7 +372,8 @@ def test_int8_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> 
     stage (zeros beyond K); each k-row's 32 bytes in shared memory with its halves swapped in rows
     4-7 of every 8 (a wrong swizzle mixes channels 0-15 with 16-31). N = 4321 and 200 leave a
     partial last panel and tile (odd N: scalar stores); N = 200 gives few tiles, so K is split
-    among CTAs (run twice: the per-tile counters must be left at 0). Int8 codes over the whole
+    among CTAs (run twice: the per-tile counters must be left at 0); on a 132-SM H100 the 1032 x
+    17000 layer runs the stream-K schedule (as in test_nf4_float16_wgmma_on_cuda). Int8 codes over the whole
     range -127..127 (the float16 conversion's sign trick at both ends). Tolerance: the kernel's
     fp16 weights (code x scale rounded to float16) and fp16 output, as every float16 case."""
     rng = np.random.default_rng(71)
