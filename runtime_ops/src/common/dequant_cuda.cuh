@@ -780,9 +780,9 @@ CudaPlan Plan(const CudaCall& call) {
       return plan;
     }
   }
-  // Int8 with float16 A and M <= 4: the stream-K GEMV, except at M = 1 with at most one panel per
-  // SM (the general GEMV, one CTA per panel, as for NF4). Benchmarks: force 6 forces the stream-K
-  // kernel, 5 / 7 the general GEMV.
+  // Int8 with float16 A and M <= 4 (where the wgmma kernel above did not take 3-4): the stream-K
+  // GEMV, except at M = 1 with at most one panel per SM (the general GEMV, one CTA per panel, as for
+  // NF4). Benchmarks: force 6 forces the stream-K kernel, 5 / 7 the general GEMV.
   if constexpr (std::is_same_v<Dec, Int8Decoder>) {
     const bool per_panel =
         call.m == 1 && (call.force == 5 || call.force == 7 || (call.force != 6 && p.panels <= call.sm_count));

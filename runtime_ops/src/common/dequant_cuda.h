@@ -173,11 +173,12 @@ inline size_t WgPartialBytes(const WgGrid& w, int bn) {
 // 279 us, at 4096 601 / 582 us: there dequantize + cuBLAS stays, where cuBLAS loads).
 inline constexpr int64_t kWgMinRows = 32;
 inline constexpr int64_t kWgMaxRows = 1024;
-// Int8 with float16 A takes it from 4 rows (H100, kernel_bench, 4096x11008 / 11008x4096: M = 4
-// 34.5 / 32.1 us against the stream-K GEMV's 42.0 / 42.7; M = 16 33.5 / 26.5 us against fp16's
-// 35.6 / 36.3), up to kWgMaxRows (M = 1024 179 / 158 us, dequantize + cuBLAS 193 / 179; at 2048
-// 362 / 318 against 312 / 294).
-inline constexpr int64_t kWgInt8MinRows = 4;
+// Int8 with float16 A takes it from 3 rows (H100, kernel_bench, 4096x11008 / 11008x4096, with the
+// producers' copies as in WgIssueWeights: M = 3 22.9 / 22.1 us against the stream-K GEMV's 28.8 /
+// 27.3, M = 2 22.8 / 22.1 against 20.4 / 20.1; earlier M = 16 33.5 / 26.5 us against fp16's 35.6 /
+// 36.3), up to kWgMaxRows (M = 1024 179 / 158 us, dequantize + cuBLAS 193 / 179; at 2048 362 / 318
+// against 312 / 294).
+inline constexpr int64_t kWgInt8MinRows = 3;
 
 // Relative time of one stage of a CTA of the wgmma kernel by its rows of A (H100, kernel_bench:
 // 0.98 / 0.73 us per stage at 11008x4096 M = 384 with 256 / 128 rows, 0.83 / 0.59 us at

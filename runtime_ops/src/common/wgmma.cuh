@@ -150,36 +150,48 @@ __device__ __forceinline__ uint64_t WgDesc(uint32_t addr) {
 
 // A stage's weights (one 16-byte piece per k-row and panel, NF4; two, Int8: in rows 4-7 of every 8
 // the second first), scale rows (two 32-row pieces per panel) and, for double-quantized scales,
-// their scale2 words: cp.async by threads t, t + nt, ...
-template <class Dec, typename S, int BN>
-__device__ __forceinline__ void WgIssueWeights(unsigned char* st, const KernelArgs<__half, S>& g, int p0, int k0, int t0,
-                                               int nt) {
+// their scale2 words: cp.async by the kNt producer threads, thread t0 taking pieces t0, t0 + kNt,
+// ... Since kNt is a multiple of a panel's pieces per stage, a thread's k-row and piece are the
+// same in every panel it loads, so its addresses are one base and a fixed panel stride: a few
+// instructions per copy. (The producers issue every stage's copies for the whole CTA: when each
+// copy recomputed its panel, row and piece by division, about 230 instructions per producer warp
+// and stage, the producers were what the consumers waited for; Nsight Compute, Int8 M = 256.)
+template <class Dec, typename S, int BN, int kNt>
+__device__ __forceinline__ void WgIssueWeights(unsigned char* st, const KernelArgs<__half, S>& g, int p0, int k0,
+                                               int t0) {
   using L = WgLayout<Dec, S, BN>;
-  constexpr int kPieces = Dec::kBytesPerK / 16;  // 16-byte pieces per k-row
+  constexpr int kPieces = Dec::kBytesPerK / 16;   // 16-byte pieces per k-row
+  constexpr int kPerPanel = kPieces * kWgK;        // pieces per panel and stage
+  constexpr int kIters = kWgPanels * kPerPanel / kNt;
+  constexpr int kPanelStep = kNt / kPerPanel;      // panels between a thread's copies
+  static_assert(kNt % kPerPanel == 0 && kIters * kNt == kWgPanels * kPerPanel, "whole panels per round of copies");
   const int panels = static_cast<int>(g.p.panels), k_pad = static_cast<int>(g.p.k_pad);
-  const int shift = min(g.p.group_shift, 31), last_block = static_cast<int>(g.p.blocks) - 1;  // per channel: block 0
+  const int piece = t0 % kPieces, row = (t0 / kPieces) % kWgK, pi0 = t0 / kPerPanel;
+  const int k = k0 + row;
+  const int slot = kPieces == 2 ? piece ^ ((row >> 2) & 1) : 0;
+  unsigned char* dst = st + L::kA + (pi0 * kWgK + row) * Dec::kBytesPerK + 16 * slot;
+  const int64_t stride = static_cast<int64_t>(kPanelStep) * k_pad * Dec::kBytesPerK;
+  const uint8_t* src = g.b + (static_cast<int64_t>(p0 + pi0) * k_pad + k) * Dec::kBytesPerK + 16 * piece;
 #pragma unroll
-  for (int t = t0; t < kWgPanels * kWgK * kPieces; t += nt) {
-    const int piece = t % kPieces, row = (t / kPieces) % kWgK, pi = t / (kPieces * kWgK);
-    const int panel = p0 + pi, k = k0 + row;
-    const bool valid = panel < panels && k < k_pad;
-    const int slot = kPieces == 2 ? piece ^ ((row >> 2) & 1) : 0;
-    CpAsync16(st + L::kA + (pi * kWgK + row) * Dec::kBytesPerK + 16 * slot,
-              valid ? g.b + (static_cast<int64_t>(panel) * k_pad + k) * Dec::kBytesPerK + 16 * piece : g.b, valid);
+  for (int i = 0; i < kIters; ++i) {
+    const bool valid = p0 + pi0 + i * kPanelStep < panels && k < k_pad;  // else zeros
+    CpAsync16(dst + i * kPanelStep * kWgK * Dec::kBytesPerK, valid ? src + i * stride : g.b, valid);
   }
+  const int shift = min(g.p.group_shift, 31), last_block = static_cast<int>(g.p.blocks) - 1;  // per channel: block 0
   constexpr int kSChunks = L::kRowBytes / 16;
-  for (int t = t0; t < kWgPanels * 2 * kSChunks; t += nt) {
-    const int pi = t / (2 * kSChunks), piece = (t / kSChunks) % 2, c = t % kSChunks;
+  static_assert(kWgPanels * 2 * kSChunks <= kNt && kWgPanels * 2 <= kNt, "one scale copy per thread at most");
+  if (t0 < kWgPanels * 2 * kSChunks) {
+    const int pi = t0 / (2 * kSChunks), sp = (t0 / kSChunks) % 2, c = t0 % kSChunks;
     const int panel = min(p0 + pi, panels - 1);
-    const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * piece) >> shift, last_block);
-    CpAsync16(st + L::kA + L::kW + (pi * 2 + piece) * L::kRowBytes + 16 * c,
+    const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * sp) >> shift, last_block);
+    CpAsync16(st + L::kA + L::kW + (pi * 2 + sp) * L::kRowBytes + 16 * c,
               reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 16 * c, true);
   }
   if constexpr (std::is_same_v<S, int8_t>) {
-    for (int t = t0; t < kWgPanels * 2; t += nt) {
-      const int panel = min(p0 + t / 2, panels - 1);
-      const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * (t % 2)) >> shift, last_block);
-      CpAsync4(st + L::kA + L::kW + L::kS + 4 * t, g.scale2 + (r >> kDqRowShift));
+    if (t0 < kWgPanels * 2) {
+      const int panel = min(p0 + t0 / 2, panels - 1);
+      const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * (t0 % 2)) >> shift, last_block);
+      CpAsync4(st + L::kA + L::kW + L::kS + 4 * t0, g.scale2 + (r >> kDqRowShift));
     }
   }
 }
@@ -519,7 +531,7 @@ __global__ void __launch_bounds__(kWgCtaThreads, 1)
           MbarArriveExpectTx(full0 + 8 * slot, BN * 128);
           TmaLoad2d(st_base + slot * L::kStage, &tmap, k0, m0, full0 + 8 * slot);
         }
-        WgIssueWeights<Dec, S, BN>(st, g, p0, k0, pt, kWgProducers);
+        WgIssueWeights<Dec, S, BN, kWgProducers>(st, g, p0, k0, pt);
         CpAsyncMbarArrive(full0 + 8 * slot);
         if (++slot == kStages) {
           slot = 0;

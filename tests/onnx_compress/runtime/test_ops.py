@@ -362,11 +362,11 @@ def test_nf4_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> N
 @pytest.mark.parametrize("scales", ["float16", "float32"])
 @pytest.mark.parametrize(("k", "n", "block"), [(4104, 4321, 0), (4104, 200, 32), (1032, 17000, 128)])
 def test_int8_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> None:
-    """4-1024 float16 rows of Int8MatMul, K a multiple of 8, take the wgmma kernel on a compute
+    """3-1024 float16 rows of Int8MatMul, K a multiple of 8, take the wgmma kernel on a compute
     capability 9.0 device with the sm_90a build (runtime_ops/src/common/wgmma.cuh; elsewhere the
     tensor-core / dequantize + cuBLAS paths, checked the same way; 1030 rows go to dequantize +
-    cuBLAS there too): CTA tiles of 4 panels x 16 / 32 / 64 / 128 / 256 rows of A (4, 16: 16; 17,
-    32: 32; 33, 64: 64; 65: 128; above by WgTileRows), so 4, 17, 33, 65, 200 and 300 leave rows of
+    cuBLAS there too): CTA tiles of 4 panels x 16 / 32 / 64 / 128 / 256 rows of A (3, 4, 16: 16; 17,
+    32: 32; 33, 64: 64; 65: 128; above by WgTileRows), so 3, 4, 17, 33, 65, 200 and 300 leave rows of
     a tile unused (A's TMA copies read zeros there). Per channel (one scale row for every stage),
     blocks of 32 (two scale rows per stage) and 128; K = 4104 / 1032 not a multiple of the 64-row
     stage (zeros beyond K); each k-row's 32 bytes in shared memory with its halves swapped in rows
@@ -381,7 +381,7 @@ def test_int8_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> 
     b, s, w = make_weights("Int8MatMul", k, n, block, np.dtype(scales).type, 72)
     assert b.min() == -127 and b.max() == 127  # the whole code range is exercised
     sess = session(make_model("Int8MatMul", k, n, block, "float16", b, s, bias), "cuda")
-    for m in (4, 16, 17, 32, 33, 64, 65, 128, 200, 300, 1024, 1030, 4, 200):
+    for m in (3, 4, 16, 17, 32, 33, 64, 65, 128, 200, 300, 1024, 1030, 4, 200):
         a = rng.standard_normal((m, k)).astype(np.float16)  # fresh inputs, the output poisoned each time
         y = run_poisoned(sess, a, n, "cuda")
         assert np.isfinite(y).all(), m
@@ -393,8 +393,8 @@ def test_int8_float16_wgmma_on_cuda(scales: str, k: int, n: int, block: int) -> 
 @pytest.mark.parametrize(("k", "n", "block"), [(333, 8485, 0), (4100, 4321, 32), (1000, 4500, 64)])
 def test_int8_float16_gemv_stream_k_on_cuda(k: int, n: int, block: int) -> None:
     """1-4 float16 rows of Int8MatMul with more panels than SMs take the stream-K Int8 GEMV (panels
-    shared by CTAs, units of 64 rows at 1-2 rows of A and 32 at 3-4; on sm_90a 4 rows take the
-    wgmma kernel, test_int8_float16_wgmma_on_cuda): per channel with an odd K
+    shared by CTAs, units of 64 rows at 1-2 rows of A and 32 at 3-4; on sm_90a 3-4 rows take the
+    wgmma kernel where K is a multiple of 8, here K = 1000, test_int8_float16_wgmma_on_cuda): per channel with an odd K
     (K_pad = K: a last unit with 13 rows), blocks of 32 and 64 with K not a multiple of the block;
     float16 and float32 scales, a bias, two calls per row count (the counters must be left at 0)."""
     rng = np.random.default_rng(41)
