@@ -2,7 +2,7 @@
 // runs is Plan<Dec>()'s choice (measured on an H100, docs/benchmarks.md):
 //
 // * Int8GemvSkKernel: Int8 with float16 A and M <= 4 (stream-K, like the NF4 one below), but M = 1
-//   with at most one panel per SM, and M = 4 where the wgmma kernel runs.
+//   with at most one panel per SM, and M = 3-4 where the wgmma kernel runs (sm_90a, K % 8 == 0).
 // * GemvKernel (SIMT, fp32 accumulation): M <= 2 (the rest of float16 A), and every M
 //   below the cuBLAS path for float32 activations (kept exact: no tensor-core rounding). CTA =
 //   one panel (32 output channels) x up to MR rows of A, 16 warps taking chunks of K in turn;
