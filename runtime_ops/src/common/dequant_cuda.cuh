@@ -1648,45 +1648,76 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
 
   // The next unit to load (group, first k-row), advanced by issue(): units come in order.
   int ld_grp = range.u_begin / sk.upp, ld_k0 = (range.u_begin - ld_grp * sk.upp) * L::kRows;
-  constexpr int kWChunks = GP * L::kRows / (kMmaWarps * 32);  // 16-byte pieces of weights per thread
-  static_assert(kWChunks * kMmaWarps * 32 == GP * L::kRows, "weights per stage");
-  constexpr int kSChunks = L::kRowBytes / 16;                  // 16-byte pieces per scale row
+  constexpr int kThreads = kMmaWarps * 32;
+  constexpr int kWChunks = GP * L::kRows / kThreads;  // 16-byte pieces of weights per thread
+  static_assert(kWChunks * kThreads == GP * L::kRows, "weights per stage");
+  constexpr int kAChunks = L::kRows / 8;                                // 16-byte pieces per row of A
+  constexpr int kAPer = (8 * NT * kAChunks + kThreads - 1) / kThreads;  // per thread, at most
+  constexpr int kSChunks = L::kRowBytes / 16;                           // 16-byte pieces per scale row
+  constexpr int kSCopies = GP * L::kPieces * kSChunks;
+  static_assert(kSCopies <= kThreads && GP * L::kPieces <= kThreads, "one scale copy per thread");
+  // A thread copies the same pieces in every unit (16 bytes of a k-row of a panel, of a row of A,
+  // of a scale row): its source pointers move on by a unit's rows and are set again when the
+  // group changes (issue() recomputing every address was about 30% of the kernel's instructions).
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t panel_bytes = static_cast<int64_t>(k_pad) * 16;
+  const uint8_t* w_ptr[kWChunks];
+  const __half* a_ptr[kAPer];
+  auto set_pointers = [&]() {
+    const uint8_t* wb = g.b + static_cast<int64_t>(ld_grp) * GP * panel_bytes + static_cast<int64_t>(ld_k0) * 16;
+#pragma unroll
+    for (int i = 0; i < kWChunks; ++i) {
+      const int t = tid + i * kThreads;
+      w_ptr[i] = wb + (t / L::kRows) * panel_bytes + (t % L::kRows) * 16;
+    }
+#pragma unroll
+    for (int i = 0; i < kAPer; ++i) {
+      const int t = tid + i * kThreads;
+      a_ptr[i] = g.a + static_cast<int64_t>(t / kAChunks) * K + 8 * (t % kAChunks) + ld_k0;
+    }
+  };
+  set_pointers();
+  const int s_tp = tid / (L::kPieces * kSChunks), s_piece = (tid / kSChunks) % L::kPieces, s_c = tid % kSChunks;
   // The next unit's weights, rows of A and scales into stage `slot` (every thread; one cp.async group).
   auto issue = [&](int slot) {
     const int p0 = ld_grp * GP, k0 = ld_k0;
     unsigned char* st = stages + slot * L::kStage;
+    const int p_left = panels - p0, k_left = k_pad - k0, ka_left = K - k0;
 #pragma unroll
     for (int i = 0; i < kWChunks; ++i) {
-      const int t = threadIdx.x + i * kMmaWarps * 32;
-      const int tp = t / L::kRows, row = t % L::kRows, panel = p0 + tp, k = k0 + row;
-      const bool valid = panel < panels && k < k_pad;  // else zeros: code 0, times A's zeros past K
-      const uint8_t* src = valid ? g.b + (static_cast<int64_t>(panel) * k_pad + k) * 16 : g.b;
-      CpAsync16(st + tp * L::kSlices * kMmaSliceBytes + row * 16 + row / 8 * 16, src, valid);
+      const int t = tid + i * kThreads, tp = t / L::kRows, row = t % L::kRows;
+      const bool valid = tp < p_left && row < k_left;  // else zeros: code 0, times A's zeros past K
+      CpAsync16(st + tp * L::kSlices * kMmaSliceBytes + row * 16 + row / 8 * 16, valid ? w_ptr[i] : g.b, valid);
+      w_ptr[i] += L::kRows * 16;
     }
-    for (int t = threadIdx.x; t < m * (L::kRows / 8); t += kMmaWarps * 32) {  // K % 8 == 0 (Plan)
-      const int mi = t / (L::kRows / 8), j = t % (L::kRows / 8), k = k0 + 8 * j;
-      const bool valid = k < K;
-      CpAsync16(st + L::kW + mi * L::kARow + 16 * j, valid ? g.a + static_cast<int64_t>(mi) * K + k : g.a, valid);
+#pragma unroll
+    for (int i = 0; i < kAPer; ++i) {
+      const int t = tid + i * kThreads, mi = t / kAChunks, j = t % kAChunks;
+      if (mi < m) {  // (m <= 8 * NT; rows past m are not copied, their outputs not written); K % 8 == 0 (Plan)
+        const bool valid = 8 * j < ka_left;
+        CpAsync16(st + L::kW + mi * L::kARow + 16 * j, valid ? a_ptr[i] : g.a, valid);
+      }
+      a_ptr[i] += L::kRows;
     }
-    for (int t = threadIdx.x; t < GP * L::kPieces * kSChunks; t += kMmaWarps * 32) {
-      const int tp = t / (L::kPieces * kSChunks), piece = (t / kSChunks) % L::kPieces, c = t % kSChunks;
-      const int panel = min(p0 + tp, panels - 1);
-      const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * piece) >> shift, last_block);
-      CpAsync16(st + L::kW + L::kA + (tp * L::kPieces + piece) * L::kRowBytes + 16 * c,
-                reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 16 * c, true);
+    if (tid < kSCopies) {
+      const int panel = min(p0 + s_tp, panels - 1);
+      const int64_t r = static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * s_piece) >> shift, last_block);
+      CpAsync16(st + L::kW + L::kA + (s_tp * L::kPieces + s_piece) * L::kRowBytes + 16 * s_c,
+                reinterpret_cast<const unsigned char*>(g.scales + r * kPanel) + 16 * s_c, true);
     }
     if constexpr (std::is_same_v<S, int8_t>) {
-      for (int t = threadIdx.x; t < GP * L::kPieces; t += kMmaWarps * 32) {
-        const int panel = min(p0 + t / L::kPieces, panels - 1);
+      if (tid < GP * L::kPieces) {
+        const int panel = min(p0 + tid / L::kPieces, panels - 1);
         const int64_t r =
-            static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * (t % L::kPieces)) >> shift, last_block);
-        CpAsync4(st + L::kW + L::kA + L::kS + 4 * t, g.scale2 + (r >> kDqRowShift));
+            static_cast<int64_t>(panel) * g.p.blocks + min((k0 + 32 * (tid % L::kPieces)) >> shift, last_block);
+        CpAsync4(st + L::kW + L::kA + L::kS + 4 * tid, g.scale2 + (r >> kDqRowShift));
       }
     }
     ld_k0 += L::kRows;
     if (ld_k0 >= sk.upp * L::kRows) {
       ld_k0 = 0;
       ++ld_grp;
+      set_pointers();
     }
   };
 
@@ -1855,6 +1886,8 @@ cudaError_t LaunchNf4MmaKernel(const KernelArgs<__half, S>& g, void* workspace, 
 
 // The groups MmaGroupPanels plans fit in shared memory.
 static_assert(MmaLayout<__half, 2, 2>::kFits && MmaLayout<float, 2, 2>::kFits && MmaLayout<int8_t, 2, 2>::kFits &&
+                  MmaLayout<__half, 2, 4>::kFits && MmaLayout<float, 2, 4>::kFits && MmaLayout<int8_t, 2, 4>::kFits &&
+                  MmaLayout<__half, 1, 4>::kFits && MmaLayout<float, 1, 4>::kFits && MmaLayout<int8_t, 1, 4>::kFits &&
                   MmaLayout<__half, 4, 4>::kFits && MmaLayout<int8_t, 4, 4>::kFits && MmaLayout<float, 4, 8>::kFits,
               "MmaGroupPanels");
 

@@ -110,14 +110,16 @@ inline size_t ElementBytes(DType t) { return t == DType::kFloat ? 4 : 2; }
 inline constexpr int kMmaWarps = 16;
 inline constexpr int kMmaMinRows = 3;
 inline constexpr int kMmaMaxRows = 32;
-// Its panels per group: 2, or 4 / 8 once the layer has that many panels per SM (narrow groups:
-// few CTAs share one, short fix-ups; wide ones read A's rows fewer times per weight); 4 tiles of
-// A's rows take at least 4 panels (8 with float32 scales) to fit in shared memory.
-// H100, M = 16, kernel_bench: 2 / 4 / 8 panels 16.0 / 19.3 / 31.6 us at 4096x4096, 26.1 / 28.2 /
-// 38.7 us at 11008x4096, 77.5 / 78.7 / 85.0 (8 / 4 / 2) us at 8192x28672.
+// Its panels per group: 2, or 4 / 8 once the layer has 2 / 8 panels per SM (narrow groups: few
+// CTAs share one, short fix-ups; wide ones read A's rows fewer times per weight); 4 tiles of A's
+// rows take at least 4 panels (8 with float32 scales) to fit in shared memory.
+// H100, kernel_bench (docs/results/runtime_ops_cuda_h100_kernels_mma_issue.txt): 2 / 4 panels at
+// 4096x11008 (2.6 panels per SM) M = 3 19.8 / 18.7 us, M = 8 21.0 / 19.9, M = 16 25.9 / 23.8; at
+// 11008x4096 (1 per SM) 19.0 / 19.1, 20.1 / 20.8, 23.9 / 25.9. Earlier, M = 16: 2 / 4 / 8 panels
+// 16.0 / 19.3 / 31.6 us at 4096x4096, 77.5 / 78.7 / 85.0 (8 / 4 / 2) us at 8192x28672.
 inline int MmaGroupPanels(const CudaCall& call, int nt) {
   const int64_t sms = call.sm_count;
-  int gp = call.p.panels >= 8 * sms ? 8 : call.p.panels >= 4 * sms ? 4 : 2;
+  int gp = call.p.panels >= 8 * sms ? 8 : call.p.panels >= 2 * sms ? 4 : 2;
   if (nt == 4) gp = std::max(gp, call.scale_type == DType::kFloat ? 8 : 4);
   return gp;
 }
