@@ -113,9 +113,9 @@ inline constexpr int kMmaMaxRows = 32;
 // Its panels per group: 2, or 4 / 8 once the layer has 2 / 8 panels per SM (narrow groups: few
 // CTAs share one, short fix-ups; wide ones read A's rows fewer times per weight); 4 tiles of A's
 // rows take at least 4 panels (8 with float32 scales) to fit in shared memory.
-// H100, kernel_bench (docs/results/runtime_ops_cuda_h100_kernels_mma_issue.txt): 2 / 4 panels at
-// 4096x11008 (2.6 panels per SM) M = 3 19.8 / 18.7 us, M = 8 21.0 / 19.9, M = 16 25.9 / 23.8; at
-// 11008x4096 (1 per SM) 19.0 / 19.1, 20.1 / 20.8, 23.9 / 25.9. Earlier, M = 16: 2 / 4 / 8 panels
+// H100, kernel_bench (docs/results/runtime_ops_cuda_h100_kernels_mma_issue.txt, parts 1 and 3):
+// 2 / 4 panels at 4096x11008 (2.6 panels per SM) M = 16 24.5 / 23.4 us, M = 3 19.7 / 18.5, M = 8
+// 20.8 / 19.5; at 11008x4096 (1 per SM) M = 16 23.2 / 25.7. Earlier, M = 16: 2 / 4 / 8 panels
 // 16.0 / 19.3 / 31.6 us at 4096x4096, 77.5 / 78.7 / 85.0 (8 / 4 / 2) us at 8192x28672.
 inline int MmaGroupPanels(const CudaCall& call, int nt) {
   const int64_t sms = call.sm_count;
