@@ -1014,8 +1014,30 @@ struct StreamK {  // 32-bit unit indices (LaunchNf4GemvSk checks that they fit)
   }
 };
 
-// Workspace of the stream-K GEMVs (GemvWorkspaceBytes): partial sums [ctas][2][MR][32], then the
-// per-panel counters (SkPartialFloats(sm_count) floats in), 0 before a launch.
+__device__ __forceinline__ void StoreRelease(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ unsigned LoadAcquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Waits, with the threads t < `threads` of the caller's group, until the flags of CTAs [c_first,
+// c_end) are set (acquire), and sets them back to 0 (the caller is their only reader); the caller
+// then synchronizes its group. All flags are polled at once: a narrow layer's owner may wait for
+// dozens of CTAs.
+__device__ __forceinline__ void SkAwaitFlags(unsigned* flags, int c_first, int c_end, int t, int threads) {
+  for (int c = c_first + t; c < c_end; c += threads) {
+    while (LoadAcquire(flags + c) == 0u) {
+    }
+    flags[c] = 0u;
+  }
+}
+
+// Workspace of the stream-K GEMVs (GemvWorkspaceBytes): partial sums [ctas][MR][32] (a CTA has at
+// most one: SkRange), then the flags, one per CTA (SkPartialFloats(sm_count) floats in), 0 before a
+// launch and left at 0.
 
 template <typename S>
 __device__ __forceinline__ float SkScale(S raw, float scale2, float offset) {
@@ -1027,17 +1049,30 @@ __device__ __forceinline__ float SkScale(S raw, float scale2, float offset) {
 }
 
 // One CTA's range of the schedule, and this warp's units in it.
+// The panels are run in the order First(), Next(First()), ...: the head of the last panel when the
+// range ends inside it (a partial sum, written and flagged early), the panels held whole, then the
+// tail of the first panel (its owner's part when the panel started in an earlier CTA: the partial
+// sums it adds were, as a rule, written long before).
 struct SkRange {
   int u_begin, u_end, p_first, p_last;
+  bool pre;  // the last panel's head first
   __device__ SkRange(const StreamK& sk, int cta)
       : u_begin(sk.Start(cta)), u_end(sk.Start(cta + 1)), p_first(sk.Start(cta) / sk.upp),
-        p_last((sk.Start(cta + 1) - 1) / sk.upp) {}
+        p_last((sk.Start(cta + 1) - 1) / sk.upp), pre(p_last > p_first && u_end % sk.upp != 0) {}
   // The CTA's units of panel p are [max(u_begin - p * upp, 0), End(p)) (indices in the panel).
   __device__ int End(const StreamK& sk, int p) const { return min(u_end - p * sk.upp, sk.upp); }
   __device__ bool Whole(const StreamK& sk, int p) const { return u_begin <= p * sk.upp && End(sk, p) == sk.upp; }
-  // The warp's first unit in panels p, p + 1, ...: returns its panel (-1: none), sets idx.
+  // The CTA holds panel p's last unit (whole, or the owner of its tail).
+  __device__ bool HasEnd(const StreamK& sk, int p) const { return u_end >= (p + 1) * sk.upp; }
+  __device__ int First() const { return pre ? p_last : p_first < p_last ? p_first + 1 : p_first; }
+  __device__ int Next(int p) const {  // -1: none left
+    if (p == p_first) return -1;
+    const int q = pre && p == p_last ? p_first + 1 : p + 1;
+    return q <= (pre ? p_last - 1 : p_last) ? q : p_first;
+  }
+  // The warp's first unit in panels p, Next(p), ...: returns its panel (-1: none), sets idx.
   __device__ int FirstFrom(const StreamK& sk, int p, int warp, int& idx) const {
-    for (; p <= p_last; ++p) {
+    for (; p >= 0; p = Next(p)) {
       idx = max(u_begin - p * sk.upp, 0) + warp;
       if (idx < End(sk, p)) return p;
     }
@@ -1047,8 +1082,8 @@ struct SkRange {
 
 // A CTA's loop over its range: load(panel, idx, buf, slot) / compute(idx, buf, slot) in ping-pong
 // (the two buffers by name: no dynamic register indexing; one cp.async group per unit, committed
-// even when empty), prologue() once after the first load, panel_end(p) by every thread after the
-// warp's units of each panel. load_a(idx, buf) requests a unit's rows of A with its weights (after
+// even when empty), prologue() once after the first load, panel_end(p, parity of p's place in the
+// order) by every thread after the warp's units of each panel. load_a(idx, buf) requests a unit's rows of A with its weights (after
 // the prologue for the first unit: A may be written by the previous kernel until
 // GridDependencyWait), so that a unit waits for neither when it is computed.
 template <class Buf, class Load, class LoadA, class Compute, class Prologue, class PanelEnd>
@@ -1056,17 +1091,18 @@ __device__ __forceinline__ void SkLoop(const StreamK& sk, const SkRange& r, int 
                                        Compute&& compute, Prologue&& prologue, PanelEnd&& panel_end) {
   Buf b0, b1;
   int idx = 0;
-  int up = r.FirstFrom(sk, r.p_first, warp, idx);  // the panel of this warp's next unit (-1: none left)
+  int up = r.FirstFrom(sk, r.First(), warp, idx);  // the panel of this warp's next unit (-1: none left)
   if (up >= 0) load(up, idx, b0, 0);                // in flight during the prologue
   CpAsyncCommit();
   prologue();
   if (up >= 0) load_a(idx, b0);
   bool in_b1 = false;
-  for (int p = r.p_first; p <= r.p_last; ++p) {
+  int par = 0;  // the panel's parity in the order (panel_end's buffer)
+  for (int p = r.First(); p >= 0; p = r.Next(p), par ^= 1) {
     const int end = r.End(sk, p);
     while (up == p) {  // warp-uniform
       int nidx = idx + kGemvWarps, np = p;
-      if (nidx >= end) np = r.FirstFrom(sk, p + 1, warp, nidx);
+      if (nidx >= end) np = r.FirstFrom(sk, r.Next(p), warp, nidx);
       if (!in_b1) {
         if (np >= 0) {
           load(np, nidx, b1, 1);
@@ -1086,23 +1122,23 @@ __device__ __forceinline__ void SkLoop(const StreamK& sk, const SkRange& r, int 
       up = np;
       idx = nidx;
     }
-    panel_end(p);
+    panel_end(p, par);
   }
 }
 
-// End of panel p's part, by every thread, after each warp has put its sums into red[p & 1][warp]
+// End of panel p's part, by every thread, after each warp has put its sums into red[par][warp]
 // (the next panel's loads are in flight): warp 0 sums the warps and writes Y (a whole panel), or
-// writes the CTA's part to the workspace and, if it is the last to arrive, sums all parts in CTA
-// order, adds the bias, writes Y and sets the panel's counter back to 0.
+// writes the CTA's partial sum to the workspace and flags it (counters[cta] = 1, release), or, as
+// the panel's owner, waits for the flags of the CTAs before it that share the panel (acquire),
+// adds their sums in CTA order, sets their flags back to 0, adds the bias and writes Y.
 template <int MR>
-__device__ __forceinline__ void SkPanelOut(const StreamK& sk, const SkRange& r, int p, const float (&red)[2][kGemvWarps][MR][kPanel],
-                                           const __half* bias_p, __half* y, int64_t N, float* partials,
-                                           unsigned* counters) {
+__device__ __forceinline__ void SkPanelOut(const StreamK& sk, const SkRange& r, int p, int par,
+                                           const float (&red)[2][kGemvWarps][MR][kPanel], const __half* bias_p,
+                                           __half* y, int64_t N, float* partials, unsigned* counters) {
   __syncthreads();
   if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x, par = p & 1, cta = blockIdx.x;
+  const int lane = threadIdx.x, cta = blockIdx.x;
   const int64_t n = static_cast<int64_t>(p) * kPanel + lane;
-  const float bias = (bias_p != nullptr && n < N) ? __half2float(bias_p[n]) : 0.0f;
   float v[MR];
 #pragma unroll
   for (int mi = 0; mi < MR; ++mi) {
@@ -1110,33 +1146,27 @@ __device__ __forceinline__ void SkPanelOut(const StreamK& sk, const SkRange& r, 
 #pragma unroll
     for (int w = 0; w < kGemvWarps; ++w) v[mi] += red[par][w][mi][lane];
   }
-  if (r.Whole(sk, p)) {
-    if (n < N)
+  if (!r.HasEnd(sk, p)) {
+    float* mine = partials + static_cast<int64_t>(cta) * MR * kPanel;
 #pragma unroll
-      for (int mi = 0; mi < MR; ++mi) y[mi * N + n] = __float2half_rn(v[mi] + bias);
+    for (int mi = 0; mi < MR; ++mi) mine[mi * kPanel + lane] = v[mi];
+    __syncwarp();  // (orders the lanes' writes before lane 0's release)
+    if (lane == 0) StoreRelease(counters + cta, 1u);
     return;
   }
-  float* mine = partials + (static_cast<int64_t>(cta) * 2 + (p == r.p_first ? 0 : 1)) * MR * kPanel;
+  if (!r.Whole(sk, p)) {
+    const int c_first = sk.CtaOf(p * sk.upp);
+    SkAwaitFlags(counters, c_first, cta, lane, 32);
+    __syncwarp();
+#pragma unroll 4
+    for (int c = c_first; c < cta; ++c)  // CTA order
 #pragma unroll
-  for (int mi = 0; mi < MR; ++mi) mine[mi * kPanel + lane] = v[mi];
-  __threadfence();
-  __syncwarp();
-  unsigned prev = 0;
-  if (lane == 0) prev = atomicAdd(counters + p, 1u);
-  prev = __shfl_sync(0xffffffffu, prev, 0);
-  const int c_first = sk.CtaOf(p * sk.upp), c_last = sk.CtaOf((p + 1) * sk.upp - 1);
-  if (prev != static_cast<unsigned>(c_last - c_first)) return;  // not the last to arrive
-  __threadfence();
-#pragma unroll
-  for (int mi = 0; mi < MR; ++mi) {
-    float t = 0.0f;
-    for (int c = c_first; c <= c_last; ++c) {  // a CTA's part is its slot 1 unless p starts its range
-      const int slot = (c == c_first && sk.Start(c) < p * sk.upp) ? 1 : 0;
-      t += __ldcg(partials + ((static_cast<int64_t>(c) * 2 + slot) * MR + mi) * kPanel + lane);
-    }
-    if (n < N) y[mi * N + n] = __float2half_rn(t + bias);
+      for (int mi = 0; mi < MR; ++mi) v[mi] += __ldcg(partials + (static_cast<int64_t>(c) * MR + mi) * kPanel + lane);
   }
-  if (lane == 0) counters[p] = 0;
+  const float bias = (bias_p != nullptr && n < N) ? __half2float(bias_p[n]) : 0.0f;
+  if (n < N)
+#pragma unroll
+    for (int mi = 0; mi < MR; ++mi) y[mi * N + n] = __float2half_rn(v[mi] + bias);
 }
 
 // ---- per-unit pieces shared by the stream-K GEMVs --------------------------------------------------
@@ -1351,9 +1381,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, kSkCtasPerSmBound<KR, MR>)
         AllowDependentLaunch();
         __syncthreads();
       },
-      [&](int p) {
-        SkWarpSums(acc, lane, ch, red[p & 1][warp]);
-        SkPanelOut<MR>(sk, range, p, red, g.bias, g.y, g.p.N, partials, counters);
+      [&](int p, int par) {
+        SkWarpSums(acc, lane, ch, red[par][warp]);
+        SkPanelOut<MR>(sk, range, p, par, red, g.bias, g.y, g.p.N, partials, counters);
       });
 }
 
@@ -1448,9 +1478,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1)
         GridDependencyWait();  // (the first unit's loads are in flight)
         AllowDependentLaunch();
       },
-      [&](int p) {
-        SkWarpSums(acc, lane, 16 * h + q, red[p & 1][warp]);
-        SkPanelOut<MR>(sk, range, p, red, g.bias, g.y, g.p.N, partials, counters);
+      [&](int p, int par) {
+        SkWarpSums(acc, lane, 16 * h + q, red[par][warp]);
+        SkPanelOut<MR>(sk, range, p, par, red, g.bias, g.y, g.p.N, partials, counters);
       });
 }
 
@@ -1557,9 +1587,14 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, bool stream_k, int
 // 16 / GP slices x GP panels, group-major, stream-K ranges), through a kStages-deep cp.async
 // pipeline of weights, A's rows and the scales. A warp keeps its sums in registers until the
 // group ends; then the slices of a panel are summed through shared memory in slice order (the
-// first slice's warp adds the others'), and groups shared with other CTAs are summed as in the
-// GEMV (fp32 partials in CudaCall::workspace, a counter per group, the last CTA sums in CTA
-// order). Few panels per group give every SM work on narrow layers and few CTAs per group (short
+// first slice's warp adds the others'), and a group shared with other CTAs is finished by the CTA
+// holding its last unit, which adds the others' fp32 partial sums (CudaCall::workspace, one per
+// CTA, flagged with release / acquire) in CTA order. A CTA runs the head of its last group first
+// and the tail of its first group last (MmaOrder), so the sums an owner waits for were written
+// long before and no CTA stops mid-range for more than a barrier. (The earlier scheme, a counter
+// per group and the last CTA to arrive summing, took 6.3 of 23.5 us at 4096x11008, M = 16: fences
+// by every thread, atomics and sums mid-range and at every range's end; this one 20.1 us. H100,
+// kernel_bench, docs/results/runtime_ops_cuda_h100_kernels_streamk_owner.txt.) Few panels per group give every SM work on narrow layers and few CTAs per group (short
 // fix-ups); more panels per group read fewer of A's rows per weight (kernel_bench, force 8).
 constexpr int kMmaSliceRows = 64;
 constexpr int kMaxSmemPerCta = 227 * 1024;  // sm_80 / sm_90 opt-in limit
@@ -1629,6 +1664,22 @@ __device__ __forceinline__ uint32_t Hmul2(uint32_t x, uint32_t y) {
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
+// The order in which a CTA of Nf4MmaKernel runs its range [u0, u1) of units: the head of its last
+// group when the range ends inside it (a partial sum, written and flagged early), then the groups
+// it holds whole, then the tail of its first group (the owner's part when that group started in an
+// earlier CTA: it adds their flagged partial sums last, long after they were written). Segments
+// [t, u1), [s, t), [u0, s); a group never appears in two of them.
+struct MmaOrder {
+  int u0, u1, s, t;
+  __device__ MmaOrder(const StreamK& sk, int u0_, int u1_) : u0(u0_), u1(u1_) {
+    const int g_first = u0 / sk.upp, g_last = (u1 - 1) / sk.upp;
+    s = min(u1, (g_first + 1) * sk.upp);
+    t = g_last > g_first && u1 % sk.upp != 0 ? g_last * sk.upp : u1;
+  }
+  __device__ int Begin(int seg) const { return seg == 0 ? t : seg == 1 ? s : u0; }
+  __device__ int End(int seg) const { return seg == 0 ? u1 : seg == 1 ? t : s; }
+};
+
 template <typename S, int NT, int GP>
 __global__ void __launch_bounds__(kMmaWarps * 32, 1)
     Nf4MmaKernel(KernelArgs<__half, S> g, StreamK sk, float* partials, unsigned* counters) {
@@ -1636,18 +1687,19 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
   extern __shared__ __align__(16) unsigned char mma_smem[];
   unsigned char* stages = mma_smem + kMmaTableBytes;
   float* red = reinterpret_cast<float*>(stages + L::kStages * L::kStage);
-  __shared__ int last_flag;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, lg = lane >> 2, lc = lane & 3;
   const int pw = warp % GP, slice = warp / GP;
   const SkRange range(sk, blockIdx.x);
+  const MmaOrder order(sk, range.u_begin, range.u_end);
   const int k_pad = static_cast<int>(g.p.k_pad), K = static_cast<int>(g.p.K), m = static_cast<int>(g.m);
   const int panels = static_cast<int>(g.p.panels), shift = g.p.group_shift;
   const int last_block = static_cast<int>(g.p.blocks) - 1;
   float dq_offset = 0.0f;
   if constexpr (std::is_same_v<S, int8_t>) dq_offset = __ldg(g.offset);
 
-  // The next unit to load (group, first k-row), advanced by issue(): units come in order.
-  int ld_grp = range.u_begin / sk.upp, ld_k0 = (range.u_begin - ld_grp * sk.upp) * L::kRows;
+  // The next unit to load: ld_u of segment ld_seg (MmaOrder), its group and first k-row; advanced
+  // by issue().
+  int ld_seg = 0, ld_u = 0, ld_grp = 0, ld_k0 = 0;
   constexpr int kThreads = kMmaWarps * 32;
   constexpr int kWChunks = GP * L::kRows / kThreads;  // 16-byte pieces of weights per thread
   static_assert(kWChunks * kThreads == GP * L::kRows, "weights per stage");
@@ -1676,7 +1728,17 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
       a_ptr[i] = g.a + static_cast<int64_t>(t / kAChunks) * K + 8 * (t % kAChunks) + ld_k0;
     }
   };
-  set_pointers();
+  // To the first unit of the next non-empty segment (none left: ld_seg == 3).
+  auto seek = [&]() {
+    while (ld_seg < 3 && order.Begin(ld_seg) == order.End(ld_seg)) ++ld_seg;
+    if (ld_seg < 3) {
+      ld_u = order.Begin(ld_seg);
+      ld_grp = ld_u / sk.upp;
+      ld_k0 = (ld_u - ld_grp * sk.upp) * L::kRows;
+      set_pointers();
+    }
+  };
+  seek();
   const int s_tp = tid / (L::kPieces * kSChunks), s_piece = (tid / kSChunks) % L::kPieces, s_c = tid % kSChunks;
   // The next unit's weights, rows of A and scales into stage `slot` (every thread; one cp.async group).
   auto issue = [&](int slot) {
@@ -1713,11 +1775,16 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
         CpAsync4(st + L::kW + L::kA + L::kS + 4 * tid, g.scale2 + (r >> kDqRowShift));
       }
     }
-    ld_k0 += L::kRows;
-    if (ld_k0 >= sk.upp * L::kRows) {
-      ld_k0 = 0;
-      ++ld_grp;
-      set_pointers();
+    if (++ld_u == order.End(ld_seg)) {
+      ++ld_seg;
+      seek();
+    } else {
+      ld_k0 += L::kRows;
+      if (ld_k0 >= sk.upp * L::kRows) {
+        ld_k0 = 0;
+        ++ld_grp;
+        set_pointers();
+      }
     }
   };
 
@@ -1761,8 +1828,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
     }
   };
 
-  // The end of group grp's part of the range (every thread): the slices summed, then Y, or the
-  // CTA's part and the fix-up.
+  // The end of group grp's part of the range (every thread): the slices summed, then Y (the whole
+  // group, or its tail with the earlier CTAs' flagged partial sums added in CTA order), or the
+  // CTA's partial sum written and flagged (its one partial: MmaOrder). The flags are left at 0.
   auto group_end = [&](int grp) {
     if constexpr (L::kSlices > 1) {
       if (slice > 0) {
@@ -1782,7 +1850,41 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
     }
     constexpr int kGroupCh = GP * kPanel;
     const int panel = grp * GP + pw;
-    if (range.Whole(sk, grp)) {
+    const bool has_end = range.u_end >= (grp + 1) * sk.upp;  // the group's last unit is this CTA's
+    float* const own = partials + static_cast<int64_t>(blockIdx.x) * m * kGroupCh;
+    if (!has_end) {
+      if (slice == 0) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int mi = 8 * nt + 2 * lc + (e & 1);
+            const int ch = pw * kPanel + 2 * lg + ((e >> 1) & 1) + (e >= 4 ? 16 : 0);
+            if (mi < m) own[mi * kGroupCh + ch] = acc[nt][e];
+          }
+      }
+      __syncthreads();  // (bar.sync orders every thread's writes before thread 0's release)
+      if (threadIdx.x == 0) StoreRelease(counters + blockIdx.x, 1u);
+    } else {
+      const int c_first = range.u_begin <= grp * sk.upp ? static_cast<int>(blockIdx.x) : sk.CtaOf(grp * sk.upp);
+      if (c_first < static_cast<int>(blockIdx.x)) {
+        SkAwaitFlags(counters, c_first, blockIdx.x, threadIdx.x, kThreads);
+        __syncthreads();
+        if (slice == 0) {
+#pragma unroll 1
+          for (int c = c_first; c < static_cast<int>(blockIdx.x); ++c) {  // CTA order (16 NT loads each)
+            const float* theirs = partials + static_cast<int64_t>(c) * m * kGroupCh;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int e = 0; e < 8; ++e) {
+                const int mi = 8 * nt + 2 * lc + (e & 1);
+                const int ch = pw * kPanel + 2 * lg + ((e >> 1) & 1) + (e >= 4 ? 16 : 0);
+                if (mi < m) acc[nt][e] += __ldcg(theirs + mi * kGroupCh + ch);
+              }
+          }
+        }
+      }
       if (slice == 0 && panel < panels) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
@@ -1794,37 +1896,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
               g.y[mi * g.p.N + n] = __float2half_rn(acc[nt][e] + (g.bias ? __half2float(g.bias[n]) : 0.0f));
           }
       }
-    } else {
-      float* mine = partials + (static_cast<int64_t>(blockIdx.x) * 2 + (grp == range.p_first ? 0 : 1)) * m * kGroupCh;
-      if (slice == 0) {
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const int mi = 8 * nt + 2 * lc + (e & 1);
-            const int ch = pw * kPanel + 2 * lg + ((e >> 1) & 1) + (e >= 4 ? 16 : 0);
-            if (mi < m) mine[mi * kGroupCh + ch] = acc[nt][e];
-          }
-      }
-      __threadfence();
-      __syncthreads();
-      const int c_first = sk.CtaOf(grp * sk.upp), c_last = sk.CtaOf((grp + 1) * sk.upp - 1);
-      if (threadIdx.x == 0) last_flag = atomicAdd(counters + grp, 1u) == static_cast<unsigned>(c_last - c_first);
-      __syncthreads();
-      if (last_flag) {
-        __threadfence();
-        for (int e = threadIdx.x; e < m * kGroupCh; e += blockDim.x) {
-          const int64_t n = static_cast<int64_t>(grp) * kGroupCh + e % kGroupCh;
-          float t = 0.0f;
-#pragma unroll 4
-          for (int c = c_first; c <= c_last; ++c) {  // a CTA's part is its slot 1 unless grp starts its range
-            const int part = (c == c_first && sk.Start(c) < grp * sk.upp) ? 1 : 0;
-            t += __ldcg(partials + (static_cast<int64_t>(c) * 2 + part) * m * kGroupCh + e);
-          }
-          if (n < g.p.N) g.y[(e / kGroupCh) * g.p.N + n] = __float2half_rn(t + (g.bias ? __half2float(g.bias[n]) : 0.0f));
-        }
-        if (threadIdx.x == 0) counters[grp] = 0;
-      }
     }
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -1832,7 +1903,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
       for (int e = 0; e < 8; ++e) acc[nt][e] = 0.0f;
   };
 
-  const int u0 = range.u_begin, u1 = range.u_end;
+  const int u0 = range.u_begin, u1 = range.u_end, units = u1 - u0;
   // The weights of the range into L2 and the table filled, while the previous kernel may still run
   // (A is in the stages: the loads wait for it).
   PrefetchUnitsL2(g.b, k_pad, panels, 16, L::kRows, GP, sk.upp, u0, u1, g.prefetch);
@@ -1841,21 +1912,32 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
   AllowDependentLaunch();
 #pragma unroll
   for (int s = 0; s < L::kStages - 1; ++s) {
-    if (u0 + s < u1) issue(s);
+    if (s < units) issue(s);
     CpAsyncCommit();
   }
-  int slot = 0, grp = u0 / sk.upp, left = (grp + 1) * sk.upp - u0;  // units of grp left
-  for (int u = u0; u < u1; ++u) {
+  // The unit being computed (u of segment seg, in group grp) and the units of grp left in seg.
+  int slot = 0, seg = 0;
+  while (order.Begin(seg) == order.End(seg)) ++seg;  // (the range is not empty)
+  int u = order.Begin(seg), grp = u / sk.upp, left = min(order.End(seg), (grp + 1) * sk.upp) - u;
+  for (int j = 0; j < units; ++j) {
     CpAsyncWait<L::kStages - 2>();
-    __syncthreads();  // unit u has landed for every thread, and every warp is done with unit u - 1's stage
-    if (u + L::kStages - 1 < u1) issue(slot == 0 ? L::kStages - 1 : slot - 1);
+    __syncthreads();  // unit j has landed for every thread, and every warp is done with unit j - 1's stage
+    if (j + L::kStages - 1 < units) issue(slot == 0 ? L::kStages - 1 : slot - 1);
     CpAsyncCommit();
     compute(slot);
     slot = slot + 1 == L::kStages ? 0 : slot + 1;
-    if (--left == 0 || u + 1 == u1) {
+    ++u;
+    if (--left == 0) {
       group_end(grp);
-      ++grp;
-      left = sk.upp;
+      if (j + 1 < units) {
+        if (u == order.End(seg)) {
+          do ++seg;
+          while (order.Begin(seg) == order.End(seg));
+          u = order.Begin(seg);
+        }
+        grp = u / sk.upp;
+        left = min(order.End(seg), (grp + 1) * sk.upp) - u;
+      }
     }
   }
 }

@@ -205,25 +205,25 @@ inline int WgTileRows(int64_t panels, int64_t m, int64_t K, int sm_count, bool s
 // Device bytes the call needs in CudaCall::workspace (0 unless the plan dequantizes, is `mma`, or
 // is `wgmma` with K split).
 inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
-  if (plan.mma) return static_cast<size_t>(call.sm_count) * 2 * call.m * plan.gp * 32 * 4;
+  if (plan.mma) return static_cast<size_t>(call.sm_count) * call.m * plan.gp * 32 * 4;  // one partial sum per CTA
   if (plan.wgmma) return WgPartialBytes(plan.wg, plan.bm);
   return plan.dequant_gemm ? static_cast<size_t>(plan.chunk_panels) * 32 * call.p.K * ElementBytes(call.type) : 0;
 }
 
 // The stream-K GEMVs (float16 A, M <= kSkMaxRows) and their workspace: fp32 partial sums of up
-// to kSkMaxCtasPerSm CTAs per SM (a CTA's first and last panel, kSkMaxRows rows of 32 channels
-// each), then one 32-bit counter per panel.
+// to kSkMaxCtasPerSm CTAs per SM (one per CTA, kSkMaxRows rows of 32 channels), then the 32-bit
+// flags / counters: one per CTA of the stream-K GEMVs and NF4's mma.sync kernel, one per tile of
+// the wgmma kernel's split K.
 inline constexpr int kSkMaxCtasPerSm = 2;
 inline constexpr int kSkMaxRows = 4;
 // NF4 at M = 1 with at most one panel per SM: panels of this many k-rows or more go to the stream-K
 // GEMV too (H100: it wins at 11008 rows, loses at 4096; the crossover between was not measured).
 inline constexpr int64_t kSkMinPanelRows = 8192;
 inline size_t SkPartialFloats(int sm_count) {
-  return static_cast<size_t>(sm_count) * kSkMaxCtasPerSm * 2 * kSkMaxRows * 32;
+  return static_cast<size_t>(sm_count) * kSkMaxCtasPerSm * kSkMaxRows * 32;
 }
-// (the counters: one per panel, at least one per SM: the wgmma kernel's stream-K flags, one per CTA)
 inline size_t GemvWorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
-  const int64_t counters = std::max<int64_t>(call.p.panels, call.sm_count);
+  const int64_t counters = std::max<int64_t>(call.p.panels, int64_t{call.sm_count} * kSkMaxCtasPerSm);
   return plan.stream_k ? (SkPartialFloats(call.sm_count) + static_cast<size_t>(counters)) * 4 : 0;
 }
 

@@ -391,14 +391,6 @@ __device__ __forceinline__ int WgSkCtaOf(const WgSk& sk, int u) {
   while (c > 0 && WgRange::Start(sk, c) > u) --c;
   return c;
 }
-__device__ __forceinline__ void StoreRelease(unsigned* p, unsigned v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ unsigned LoadAcquire(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
 
 // A stream-K segment's end (by the kWgThreads threads that hold the sums; `sync`: their barrier).
 template <typename S, int BN, typename Sync>
