@@ -996,11 +996,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32, 1) Nf4GemvHalfKernel(KernelAr
 // unit's weights (registers) and scales (cp.async into shared memory) are requested before the
 // current unit is computed, across panel boundaries too; A is read when a unit is computed (it is
 // small and read by every CTA: L1 / L2 hits). At the end of each panel's part the warps' sums meet
-// in shared memory and warp 0 writes Y for a whole panel; for a panel shared by CTAs it writes its
-// fp32 sums to the workspace and counts itself in the panel's counter, and the CTA that arrives
-// last sums the parts in CTA order (the result does not depend on timing), adds the bias, writes Y
-// and sets the counter back to 0: the workspace is left as found, ready for the next launch on the
-// stream. H100, kernel times against the one-CTA-per-panel half-row kernel it replaced: 19.5 / 22.1
+// in shared memory and warp 0 writes Y for a whole panel; a panel shared by CTAs is finished by
+// the CTA holding its last unit, which adds the others' flagged fp32 partial sums in CTA order (the
+// result does not depend on timing), adds the bias, writes Y and sets their flags back to 0: the
+// workspace is left as found, ready for the next launch on the stream (SkRange, SkPanelOut).
+// H100, kernel times against the one-CTA-per-panel half-row kernel it replaced: 19.5 / 22.1
 // us at 4096x11008 (M = 1), 22.6 / 28.1 (M = 2), 35.2 / 47.9 (M = 4), 59.9 / 74.8 at 8192x28672.
 
 struct StreamK {  // 32-bit unit indices (LaunchNf4GemvSk checks that they fit)
@@ -1026,7 +1026,9 @@ __device__ __forceinline__ unsigned LoadAcquire(const unsigned* p) {
 // Waits, with the threads t < `threads` of the caller's group, until the flags of CTAs [c_first,
 // c_end) are set (acquire), and sets them back to 0 (the caller is their only reader); the caller
 // then synchronizes its group. All flags are polled at once: a narrow layer's owner may wait for
-// dozens of CTAs.
+// dozens of CTAs. The flags' writers have lower indices, and every CTA of the grid is resident at
+// once (at most the CTAs per SM the occupancy allows, times the SMs), so the wait ends: the next
+// kernel on the stream starts (programmatic dependent launch) only once all of them have started.
 __device__ __forceinline__ void SkAwaitFlags(unsigned* flags, int c_first, int c_end, int t, int threads) {
   for (int c = c_first + t; c < c_end; c += threads) {
     while (LoadAcquire(flags + c) == 0u) {
@@ -1083,9 +1085,9 @@ struct SkRange {
 // A CTA's loop over its range: load(panel, idx, buf, slot) / compute(idx, buf, slot) in ping-pong
 // (the two buffers by name: no dynamic register indexing; one cp.async group per unit, committed
 // even when empty), prologue() once after the first load, panel_end(p, parity of p's place in the
-// order) by every thread after the warp's units of each panel. load_a(idx, buf) requests a unit's rows of A with its weights (after
-// the prologue for the first unit: A may be written by the previous kernel until
-// GridDependencyWait), so that a unit waits for neither when it is computed.
+// order) by every thread after the warp's units of each panel. load_a(idx, buf) requests a unit's
+// rows of A with its weights (after the prologue for the first unit: A may be written by the
+// previous kernel until GridDependencyWait), so that a unit waits for neither when it is computed.
 template <class Buf, class Load, class LoadA, class Compute, class Prologue, class PanelEnd>
 __device__ __forceinline__ void SkLoop(const StreamK& sk, const SkRange& r, int warp, Load&& load, LoadA&& load_a,
                                        Compute&& compute, Prologue&& prologue, PanelEnd&& panel_end) {
@@ -1594,8 +1596,9 @@ cudaError_t LaunchNf4GemvHalf(const KernelArgs<__half, S>& g, bool stream_k, int
 // long before and no CTA stops mid-range for more than a barrier. (The earlier scheme, a counter
 // per group and the last CTA to arrive summing, took 6.3 of 23.5 us at 4096x11008, M = 16: fences
 // by every thread, atomics and sums mid-range and at every range's end; this one 20.1 us. H100,
-// kernel_bench, docs/results/runtime_ops_cuda_h100_kernels_streamk_owner.txt.) Few panels per group give every SM work on narrow layers and few CTAs per group (short
-// fix-ups); more panels per group read fewer of A's rows per weight (kernel_bench, force 8).
+// kernel_bench, docs/results/runtime_ops_cuda_h100_kernels_streamk_owner.txt.) Few panels per
+// group give every SM work on narrow layers and few CTAs per group (short fix-ups); more panels per
+// group read fewer of A's rows per weight (kernel_bench, force 8).
 constexpr int kMmaSliceRows = 64;
 constexpr int kMaxSmemPerCta = 227 * 1024;  // sm_80 / sm_90 opt-in limit
 // The per-lane pair table (FillPairTable's entries) with rows of 256 bytes, 128 used: the byte at
@@ -1872,7 +1875,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, 1)
         __syncthreads();
         if (slice == 0) {
 #pragma unroll 1
-          for (int c = c_first; c < static_cast<int>(blockIdx.x); ++c) {  // CTA order (16 NT loads each)
+          for (int c = c_first; c < static_cast<int>(blockIdx.x); ++c) {  // CTA order (8 NT loads each)
             const float* theirs = partials + static_cast<int64_t>(c) * m * kGroupCh;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)

@@ -110,16 +110,16 @@ inline size_t ElementBytes(DType t) { return t == DType::kFloat ? 4 : 2; }
 inline constexpr int kMmaWarps = 16;
 inline constexpr int kMmaMinRows = 3;
 inline constexpr int kMmaMaxRows = 32;
-// Its panels per group: 2, or 4 / 8 once the layer has 2 / 8 panels per SM (narrow groups: few
+// Its panels per group: 2, or 4 / 8 once the layer has 2 / 4 panels per SM (narrow groups: few
 // CTAs share one, short fix-ups; wide ones read A's rows fewer times per weight); 4 tiles of A's
 // rows take at least 4 panels (8 with float32 scales) to fit in shared memory.
-// H100, kernel_bench (docs/results/runtime_ops_cuda_h100_kernels_mma_issue.txt, parts 1 and 3):
-// 2 / 4 panels at 4096x11008 (2.6 panels per SM) M = 16 24.5 / 23.4 us, M = 3 19.7 / 18.5, M = 8
-// 20.8 / 19.5; at 11008x4096 (1 per SM) M = 16 23.2 / 25.7. Earlier, M = 16: 2 / 4 / 8 panels
-// 16.0 / 19.3 / 31.6 us at 4096x4096, 77.5 / 78.7 / 85.0 (8 / 4 / 2) us at 8192x28672.
+// H100, kernel_bench, 2 / 4 / 8 panels, M = 16 (docs/results/runtime_ops_cuda_h100_kernels_streamk_owner.txt,
+// part 7): 4096x11008 (2.6 panels per SM) 21.4 / 19.8 / 20.5 us, 11008x4096 (1 per SM) 20.4 / 20.6
+// / 22.9, 8192x2048 (0.5) 12.3 / 14.0 / 19.8, 1032x17000 (4.0) 17.1 / 13.6 / 13.2, 8192x28672 (6.8)
+// 77.0 / 69.8 / 67.8; M = 3 and 8 alike.
 inline int MmaGroupPanels(const CudaCall& call, int nt) {
   const int64_t sms = call.sm_count;
-  int gp = call.p.panels >= 8 * sms ? 8 : call.p.panels >= 2 * sms ? 4 : 2;
+  int gp = call.p.panels >= 4 * sms ? 8 : call.p.panels >= 2 * sms ? 4 : 2;
   if (nt == 4) gp = std::max(gp, call.scale_type == DType::kFloat ? 8 : 4);
   return gp;
 }
