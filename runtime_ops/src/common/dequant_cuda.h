@@ -212,8 +212,8 @@ inline size_t WorkspaceBytes(const CudaCall& call, const CudaPlan& plan) {
 
 // The stream-K GEMVs (float16 A, M <= kSkMaxRows) and their workspace: fp32 partial sums of up
 // to kSkMaxCtasPerSm CTAs per SM (one per CTA, kSkMaxRows rows of 32 channels), then the 32-bit
-// flags / counters: one per CTA of the stream-K GEMVs and NF4's mma.sync kernel, one per tile of
-// the wgmma kernel's split K.
+// flags / counters: one per CTA of a stream-K schedule (the GEMVs, NF4's mma.sync kernel, the
+// wgmma kernel), one per tile of the wgmma kernel's split K.
 inline constexpr int kSkMaxCtasPerSm = 2;
 inline constexpr int kSkMaxRows = 4;
 // NF4 at M = 1 with at most one panel per SM: panels of this many k-rows or more go to the stream-K
