@@ -49,16 +49,10 @@ if "tl" in variant:
         "  using L = MmaLayout<S, NT, GP>;\n  extern __shared__ __align__(16) unsigned char mma_smem[];\n  unsigned char* stages = mma_smem + kMmaTableBytes;",
         "  using L = MmaLayout<S, NT, GP>;\n  const unsigned long long tl_g0 = Gt(); const long long tl_c0 = clock64(); long long tl_gw = 0, tl_first = 0, tl_lastc = 0, tl_wait = 0, tl_gend = 0;\n  extern __shared__ __align__(16) unsigned char mma_smem[];\n  unsigned char* stages = mma_smem + kMmaTableBytes;",
     )
-    if "SkAwaitFlags(counters, c_first, blockIdx.x" in t:
-        rep(
-            "        SkAwaitFlags(counters, c_first, blockIdx.x, threadIdx.x, kThreads);\n        __syncthreads();",
-            "        const long long tw0 = clock64();\n        SkAwaitFlags(counters, c_first, blockIdx.x, threadIdx.x, kThreads);\n        __syncthreads();\n        tl_wait += clock64() - tw0;",
-        )
-    else:
-        rep(
-            "    SkAwaitFlags(counters, fix_first, blockIdx.x, threadIdx.x, kThreads);\n    __syncthreads();",
-            "    const long long tw0 = clock64();\n    SkAwaitFlags(counters, fix_first, blockIdx.x, threadIdx.x, kThreads);\n    __syncthreads();\n    tl_wait += clock64() - tw0;",
-        )
+    rep(
+        "        SkAwaitFlags(counters, c_first, blockIdx.x, threadIdx.x, kThreads);\n        __syncthreads();",
+        "        const long long tw0 = clock64();\n        SkAwaitFlags(counters, c_first, blockIdx.x, threadIdx.x, kThreads);\n        __syncthreads();\n        tl_wait += clock64() - tw0;",
+    )
     rep(
         "  GridDependencyWait();\n  AllowDependentLaunch();\n#pragma unroll\n  for (int s = 0; s < L::kStages - 1; ++s) {",
         "  GridDependencyWait();\n  tl_gw = clock64();\n  AllowDependentLaunch();\n#pragma unroll\n  for (int s = 0; s < L::kStages - 1; ++s) {",
@@ -67,12 +61,10 @@ if "tl" in variant:
         "    __syncthreads();  // unit j has landed for every thread, and every warp is done with unit j - 1's stage\n",
         "    __syncthreads();  // unit j has landed for every thread, and every warp is done with unit j - 1's stage\n    if (j == 0) tl_first = clock64();\n",
     )
-    ge = "group_end(grp, j + 1 == units);" if "group_end(grp, j + 1 == units);" in t else "group_end(grp);"
     rep(
-        "    if (--left == 0) {\n      " + ge,
-        "    if (j + 1 == units) tl_lastc = clock64();\n    if (--left == 0) {\n      const long long tg0 = clock64();\n      "
-        + ge
-        + "\n      tl_gend += clock64() - tg0;",
+        "    if (--left == 0) {\n      group_end(grp);",
+        "    if (j + 1 == units) tl_lastc = clock64();\n    if (--left == 0) {\n      const long long tg0 = clock64();\n"
+        "      group_end(grp);\n      tl_gend += clock64() - tg0;",
     )
     # end of kernel: after the loop
     rep(
